@@ -1,0 +1,17 @@
+// OpenMP helpers. Rows are independent in every CPU kernel: we split rows across threads.
+#pragma once
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pyzsl {
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace pyzsl

@@ -1,0 +1,257 @@
+#include "parse_vec/parse_vec.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <system_error>
+
+namespace pyzsl {
+
+namespace {
+
+inline bool is_sep(char c) { return c == ' ' || c == '\t'; }
+
+// At most 24 bytes of a token, for messages (the rest of a bad line can be huge).
+std::string excerpt(const char* b, const char* e) {
+  std::string s(b, std::min<ptrdiff_t>(e - b, 24));
+  if (e - b > 24) s += "...";
+  return s;
+}
+
+int64_t count_tokens(const char* q, const char* e) {
+  int64_t n = 0;
+  while (q < e) {
+    while (q < e && is_sep(*q)) ++q;
+    if (q == e) break;
+    ++n;
+    while (q < e && !is_sep(*q)) ++q;
+  }
+  return n;
+}
+
+constexpr double kPow10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+// Fast path for the common token "-1.2345e-05" (Clinger 1990): at most 19 significant
+// digits m and a decimal exponent |q| <= 22 with m <= 2^53 make m * 10^q one correctly
+// rounded double operation; rounding that double to float is then exact unless it sits
+// exactly on a float rounding midpoint (low 29 bits == 1 << 28), which we hand back.
+// Returns the token's end, or nullptr to defer to std::from_chars (libstdc++ 12's is
+// correct but ~4x slower; it also produces the error for a malformed token).
+inline const char* parse_fast(const char* s, const char* e, float& v) {
+  const char* p = s;
+  bool neg = false;
+  if (p < e && (*p == '-' || *p == '+')) neg = *p++ == '-';
+  uint64_t m = 0;
+  int digits = 0, q = 0;
+  const char* d0 = p;
+  while (p < e && static_cast<unsigned>(*p - '0') < 10) {
+    if (m == 0 && *p == '0') { ++p; continue; }  // leading zeros carry no digit
+    m = m * 10 + static_cast<unsigned>(*p++ - '0');
+    ++digits;
+  }
+  bool any = p > d0;
+  if (p < e && *p == '.') {
+    ++p;
+    const char* f0 = p;
+    while (p < e && static_cast<unsigned>(*p - '0') < 10) {
+      if (!(m == 0 && *p == '0')) {
+        m = m * 10 + static_cast<unsigned>(*p - '0');
+        ++digits;
+      }
+      --q;
+      ++p;
+    }
+    any = any || p > f0;
+  }
+  if (!any || digits > 19) return nullptr;
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    ++p;
+    bool eneg = false;
+    if (p < e && (*p == '-' || *p == '+')) eneg = *p++ == '-';
+    int x = 0;
+    const char* x0 = p;
+    while (p < e && static_cast<unsigned>(*p - '0') < 10 && p - x0 < 5) x = x * 10 + (*p++ - '0');
+    if (p == x0) return nullptr;
+    q += eneg ? -x : x;
+  }
+  if (p < e && !is_sep(*p)) return nullptr;
+  if (m == 0) {
+    v = neg ? -0.0f : 0.0f;
+    return p;
+  }
+  if (m > (uint64_t(1) << 53) || q < -22 || q > 22) return nullptr;
+  double d = static_cast<double>(m);
+  d = q < 0 ? d / kPow10[-q] : d * kPow10[q];
+  uint64_t bits;
+  std::memcpy(&bits, &d, sizeof bits);
+  if ((bits & 0x1FFFFFFFu) == 0x10000000u) return nullptr;
+  v = static_cast<float>(neg ? -d : d);
+  return p;
+}
+
+// Parses one value token [s, e) (e = end of line); on success stores it and returns the
+// end of the token, else fills why and returns nullptr.
+inline const char* parse_value(const char* s, const char* e, float& v, std::string& why) {
+  if (const char* f = parse_fast(s, e, v)) return f;
+  const char* t = s;
+  if (*t == '+' && t + 1 < e && t[1] != '-') ++t;  // from_chars rejects a leading '+'
+  auto res = std::from_chars(t, e, v);
+  const char* p = res.ptr;
+  if (res.ec == std::errc::invalid_argument || (p < e && !is_sep(*p))) {
+    const char* te = s;
+    while (te < e && !is_sep(*te)) ++te;
+    why = "not a number: '" + excerpt(s, te) + "'";
+    return nullptr;
+  }
+  if (res.ec == std::errc::result_out_of_range) {
+    // Underflow (e.g. 1e-50) rounds as strtof does; overflow is an error.
+    double d = 0;
+    std::from_chars(t, e, d);
+    if (std::isfinite(d) && std::fabs(d) < 1.0) {
+      v = static_cast<float>(d);
+    } else {
+      why = "value out of float32 range: '" + excerpt(s, p) + "'";
+      return nullptr;
+    }
+  }
+  if (!std::isfinite(v)) {
+    why = "non-finite value '" + excerpt(s, p) + "'";
+    return nullptr;
+  }
+  return p;
+}
+
+}  // namespace
+
+int64_t count_lines(const char* text, int64_t size, int64_t offset) {
+  PYZSL_CHECK(offset >= 0 && offset <= size, "offset ", offset, " outside [0, ", size, "]");
+  if (offset == size) return 0;
+  const int64_t n = std::count(text + offset, text + size, '\n');
+  return n + (text[size - 1] != '\n' ? 1 : 0);
+}
+
+ParseVecResult parse_vec(const ParseVecArgs& a) {
+  require_dtype(a.out, DType::Float32);
+  require_shape(a.out, {-1, -1});
+  require_contiguous(a.out);
+  PYZSL_CHECK(a.out.device == Device::CPU, a.out.name, ": must be on the CPU");
+  require_dtype(a.out_lines, DType::Int64);
+  require_shape(a.out_lines, {a.out.size(0)});
+  require_contiguous(a.out_lines);
+  PYZSL_CHECK(a.out_lines.device == Device::CPU, a.out_lines.name, ": must be on the CPU");
+  PYZSL_CHECK(a.offset >= 0 && a.offset <= a.size, "offset ", a.offset, " outside [0, ", a.size, "]");
+  const int64_t cap = a.out.size(0), dim = a.out.size(1);
+  PYZSL_CHECK(dim > 0, "dim must be positive, got ", dim);
+  float* X = a.out.ptr<float>();
+  int64_t* L = a.out_lines.ptr<int64_t>();
+
+  ParseVecResult r;
+  r.words.reserve(static_cast<size_t>(cap) * 10);
+  const char* p = a.text + a.offset;
+  const char* const end = a.text + a.size;
+  int64_t line = a.first_line;
+  std::string why;
+  while (p < end && r.rows < cap) {
+    const char* nl = static_cast<const char*>(std::memchr(p, '\n', end - p));
+    const char* next = nl ? nl + 1 : end;
+    const char* e = nl ? nl : end;
+    while (e > p && (e[-1] == '\r' || is_sep(e[-1]))) --e;
+    if (e == p) {  // blank line
+      p = next;
+      ++line;
+      continue;
+    }
+    const char* w = p;
+    while (w < e && !is_sep(*w)) ++w;
+    why.clear();
+    if (w == p) {
+      why = "line starts with a separator (empty word)";
+    } else if (w == e) {
+      why = "no values after the word '" + excerpt(p, w) + "' (expected " + std::to_string(dim) + ")";
+    } else {
+      float* row = X + r.rows * dim;
+      int64_t n = 0;
+      const char* q = w;
+      for (;;) {
+        while (q < e && is_sep(*q)) ++q;
+        if (q == e) break;
+        if (n == dim) {
+          why = "expected " + std::to_string(dim) + " values after the word, found " +
+                std::to_string(dim + count_tokens(q, e));
+          break;
+        }
+        float v;
+        const char* t = parse_value(q, e, v, why);
+        if (!t) {
+          why = "value " + std::to_string(n + 1) + " is " + why;
+          break;
+        }
+        row[n++] = v;
+        q = t;
+      }
+      if (why.empty() && n < dim)
+        why = "expected " + std::to_string(dim) + " values after the word, found " + std::to_string(n);
+    }
+    if (!why.empty()) {
+      std::string msg = a.source + ":" + std::to_string(line) + ": " + why;
+      if (!a.skip_errors) throw std::invalid_argument(msg);
+      if (r.skipped == 0) r.first_error = msg;
+      ++r.skipped;
+    } else {
+      if (r.rows) r.words.push_back('\n');
+      r.words.append(p, w);
+      L[r.rows] = line;
+      ++r.rows;
+    }
+    p = next;
+    ++line;
+  }
+  r.next_offset = p - a.text;
+  r.next_line = line;
+  return r;
+}
+
+std::string format_vec(const FormatVecArgs& a) {
+  require_dtype(a.values, DType::Float32);
+  require_shape(a.values, {-1, -1});
+  require_contiguous(a.values);
+  PYZSL_CHECK(a.values.device == Device::CPU, a.values.name, ": must be on the CPU");
+  const int64_t rows = a.values.size(0), dim = a.values.size(1);
+  PYZSL_CHECK(0 <= a.row0 && a.row0 <= a.row1 && a.row1 <= rows, "rows [", a.row0, ", ", a.row1,
+              ") outside [0, ", rows, "]");
+  PYZSL_CHECK(a.precision >= 0 && a.precision <= 9, "precision must be in [0, 9], got ", a.precision);
+  const float* X = a.values.ptr<float>();
+  // Upper bound per value: separator + sign + 9 digits + '.' + "e-45" = 16 (shortest or %.9g).
+  const size_t per_row = static_cast<size_t>(dim) * 16 + 1;
+  std::string out;
+  out.resize(static_cast<size_t>(a.words_size) + 1 + per_row * (a.row1 - a.row0));
+  char* o = out.data();
+  const char* wp = a.words;
+  const char* const wend = a.words + a.words_size;
+  for (int64_t i = a.row0; i < a.row1; ++i) {
+    PYZSL_CHECK(wp <= wend, "fewer words than rows (", i - a.row0, " for ", a.row1 - a.row0, ")");
+    const char* we = static_cast<const char*>(std::memchr(wp, '\n', wend - wp));
+    if (!we) we = wend;
+    PYZSL_CHECK(we > wp, "row ", i, ": empty word");
+    std::memcpy(o, wp, we - wp);
+    o += we - wp;
+    wp = we + 1;
+    const float* row = X + i * dim;
+    for (int64_t j = 0; j < dim; ++j) {
+      PYZSL_CHECK(std::isfinite(row[j]), "row ", i, " column ", j, ": non-finite value");
+      *o++ = ' ';
+      auto res = a.precision == 0
+                     ? std::to_chars(o, o + 16, row[j])
+                     : std::to_chars(o, o + 16, row[j], std::chars_format::general, a.precision);
+      o = res.ptr;
+    }
+    *o++ = '\n';
+  }
+  out.resize(o - out.data());
+  return out;
+}
+
+}  // namespace pyzsl

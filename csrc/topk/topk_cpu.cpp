@@ -1,0 +1,113 @@
+#include "topk/topk.h"
+
+#include <cmath>
+#include <limits>
+
+#include "common/parallel.h"
+
+namespace pyzsl {
+
+namespace {
+
+void validate(const TopkTileArgs& a) {
+  require_float(a.scores);
+  require_shape(a.scores, {-1, -1});
+  require_contiguous(a.scores);
+  const int64_t B = a.scores.size(0), n = a.scores.size(1);
+  require_shape(a.values, {B, -1});
+  const int64_t k = a.values.size(1);
+  require_shape(a.indices, {B, k});
+  require_same_dtype(a.values, a.scores);
+  require_dtype(a.indices, DType::Int64);
+  require_dtype(a.status, DType::Int32);
+  require_shape(a.status, {1});
+  for (const Array* x : {&a.values, &a.indices, &a.status}) {
+    require_contiguous(*x);
+    require_same_device(*x, a.scores);
+  }
+  PYZSL_CHECK(k >= 1, "values: k must be at least 1");
+  PYZSL_CHECK(a.col0 >= 0 && a.col0 + n <= a.num_classes, "tile columns [", a.col0, ", ",
+              a.col0 + n, ") outside [0, ", a.num_classes, ")");
+  if (a.class_bias.given) {
+    require_same_dtype(a.class_bias, a.scores);
+    require_shape(a.class_bias, {a.num_classes});
+    require_contiguous(a.class_bias);
+    require_same_device(a.class_bias, a.scores);
+  }
+  if (a.class_mask.given) {
+    require_dtype(a.class_mask, DType::Bool);
+    require_shape(a.class_mask, {a.num_classes});
+    require_contiguous(a.class_mask);
+    require_same_device(a.class_mask, a.scores);
+  }
+}
+
+template <typename T>
+void run(const TopkTileArgs& a) {
+  const int64_t B = a.scores.size(0), n = a.scores.size(1), k = a.values.size(1);
+  const T* S = a.scores.ptr<T>();
+  const T* bias = a.class_bias.given ? a.class_bias.ptr<T>() + a.col0 : nullptr;
+  const bool* mask = a.class_mask.given ? a.class_mask.ptr<bool>() + a.col0 : nullptr;
+  int nonfinite = 0;
+
+#pragma omp parallel for schedule(static) reduction(| : nonfinite)
+  for (int64_t b = 0; b < B; ++b) {
+    const T* row = S + b * n;
+    T* vals = a.values.ptr<T>() + b * k;
+    int64_t* idx = a.indices.ptr<int64_t>() + b * k;
+    T thr = vals[k - 1];  // a column must beat the current k-th best strictly
+    for (int64_t j = 0; j < n; ++j) {
+      T s = row[j];
+      if (bias) s += bias[j];
+      // one comparison rejects almost every column; the rare others pay for the checks
+      if (!(s > thr)) {
+        if (std::isnan(s) || std::isinf(row[j])) nonfinite = 1;
+        continue;
+      }
+      if (!std::isfinite(s)) {
+        nonfinite = 1;
+        continue;
+      }
+      if (mask && !mask[j]) continue;
+      // insertion into the sorted list; equal values stay ahead (smaller index first)
+      int64_t p = k - 1;
+      while (p > 0 && vals[p - 1] < s) {
+        vals[p] = vals[p - 1];
+        idx[p] = idx[p - 1];
+        --p;
+      }
+      vals[p] = s;
+      idx[p] = a.col0 + j;
+      thr = vals[k - 1];
+    }
+  }
+  if (nonfinite) a.status.ptr<int32_t>()[0] = 1;
+}
+
+}  // namespace
+
+void topk_tile_cpu(const TopkTileArgs& a) {
+  if (a.scores.dtype == DType::Float32)
+    run<float>(a);
+  else
+    run<double>(a);
+}
+
+void topk_tile(const TopkTileArgs& a, uintptr_t stream) {
+  validate(a);
+  if (a.scores.device == Device::CUDA) {
+#ifdef WITH_CUDA
+    PYZSL_CHECK(a.scores.dtype == DType::Float32, "scores: CUDA kernels take float32, got ",
+                dtype_name(a.scores.dtype));
+    topk_tile_cuda(a, stream);
+    return;
+#else
+    (void)stream;
+    fail("pyzsl was built without CUDA support (build_info()['cuda'] is False): "
+         "rebuild with a CUDA toolkit, or pass CPU tensors");
+#endif
+  }
+  topk_tile_cpu(a);
+}
+
+}  // namespace pyzsl

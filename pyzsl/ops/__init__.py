@@ -1,0 +1,5 @@
+"""pyzsl's kernels, each with a plain-PyTorch reference in :mod:`pyzsl.ops._reference`."""
+from pyzsl.ops.bilinear_hinge import bilinear_hinge_loss
+from pyzsl.ops.topk import bilinear_topk
+
+__all__ = ["bilinear_hinge_loss", "bilinear_topk"]

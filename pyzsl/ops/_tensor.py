@@ -1,0 +1,127 @@
+"""The one place where user tensors are validated and handed to the extension.
+
+torch tensors cross into ``pyzsl._C`` as array-protocol views: a CPU tensor as
+``tensor.numpy()`` (zero-copy), a CUDA tensor as itself (``__cuda_array_interface__``),
+with the caller's current CUDA stream. numpy arrays are accepted and wrapped with
+:func:`torch.from_numpy` (zero-copy). Nothing here copies: a wrong dtype, device,
+shape or layout is an error that names the argument.
+"""
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "pyzsl", "torch")
+
+
+@functools.cache
+def load_extension() -> ModuleType:
+    try:
+        from pyzsl import _C
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "pyzsl's compiled core (pyzsl._C) is not built: install the package with "
+            "`pip install .` (or `python setup.py build_ext --inplace` in a checkout)"
+        ) from e
+    return _C
+
+
+def as_tensor(x: Any, name: str) -> Tensor:
+    """A torch view of ``x`` (tensor or numpy array); anything else is a TypeError."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+def check(
+    x: Tensor,
+    name: str,
+    *,
+    ndim: int | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    like: Tensor | None = None,
+    shape: Sequence[int | None] | None = None,
+    contiguous: bool = False,
+) -> Tensor:
+    """Validates one argument; ``like`` requires the same device (and, for floats, dtype)."""
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(x.shape)}")
+    if dtypes is not None and x.dtype not in dtypes:
+        want = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name}: expected dtype {want}, got {str(x.dtype).replace('torch.', '')}")
+    if like is not None:
+        if x.device != like.device:
+            raise ValueError(f"{name}: is on {x.device} but the inputs are on {like.device}")
+        if x.is_floating_point() and like.is_floating_point() and x.dtype != like.dtype:
+            raise TypeError(f"{name}: dtype {x.dtype} differs from the inputs' {like.dtype}")
+    if shape is not None:
+        if len(shape) != x.dim() or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
+    if contiguous and not x.is_contiguous():
+        raise ValueError(f"{name}: must be contiguous (call .contiguous(); pyzsl never copies silently)")
+    return x
+
+
+def view(x: Tensor | None) -> Any:
+    """The array-protocol object the extension reads; None stays None."""
+    if x is None:
+        return None
+    x = x.detach()
+    return x if x.is_cuda else x.numpy()
+
+
+def stream(x: Tensor) -> int:
+    """The caller's current CUDA stream on ``x``'s device (0 on the CPU)."""
+    return torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+
+
+def kernel_supports(x: Tensor) -> bool:
+    """Whether our kernels run on ``x``: CPU float32/64, or CUDA float32 in a CUDA build."""
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.float64)
+    if x.device.type == "cuda":
+        return x.dtype == torch.float32 and bool(load_extension().build_info()["cuda"])
+    return False
+
+
+def pick_backend(backend: str, x: Tensor) -> str:
+    """``pyzsl`` or ``torch``; ``auto`` is the only way to end up on the reference quietly."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "pyzsl" if kernel_supports(x) else "torch"
+    if backend == "pyzsl" and not kernel_supports(x):
+        if x.is_cuda and not load_extension().build_info()["cuda"]:
+            raise RuntimeError(
+                "pyzsl was built without CUDA support (pyzsl.build_info()['cuda'] is False): "
+                "rebuild with a CUDA toolkit, pass CPU tensors, or use backend='auto'/'torch'"
+            )
+        raise TypeError(
+            f"the pyzsl kernels take float32/float64 on the CPU and float32 on CUDA, got "
+            f"{x.dtype} on {x.device}; use backend='auto' or 'torch' for the reference"
+        )
+    return backend
+
+
+def tile_columns(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> int:
+    """Columns per score tile: a B×n tile of at most ``tile_elems`` elements.
+
+    Defaults: 2M elements on the CPU (8 MB float32: large enough for an efficient GEMM,
+    small enough to stay near the caches), 32M on CUDA (128 MB).
+    """
+    if tile_elems is None:
+        tile_elems = (1 << 25) if x.is_cuda else (1 << 21)
+    return max(1, min(cols, tile_elems // max(rows, 1)))
+
+
+def raise_if_nonfinite(status: Tensor, what: str) -> None:
+    if int(status.item()) != 0:
+        raise ValueError(f"non-finite value (NaN or inf) in {what}")

@@ -1,0 +1,181 @@
+"""Fused bilinear hinge loss (DeViSE, Frome et al. 2013; ``negatives="max"`` as in SJE,
+Akata et al. 2015, and VSE++, Faghri et al. 2018).
+
+Equals ``hinge(V @ M.T @ T.T)`` summed over the negatives, without the B×C matrix:
+``U = V @ M.T`` is formed once (B×dt), then the classes are swept in tiles of ``n``
+columns; the caller's BLAS computes each B×n score tile, the kernel turns it into loss
+terms and, in place, into dL/dS, and two more GEMMs fold that tile into dU and dT.
+Tiles without a margin violator contribute an exactly zero gradient and are skipped on
+the CPU. For ``reduction`` sum/mean the gradients are produced in the forward sweep
+(three GEMM passes in all, as the plain formulation does); ``"none"`` re-sweeps in the
+backward with the per-row weights (four passes).
+
+GEMMs run in the caller's precision settings: on CUDA, float32 GEMMs use TF32 exactly
+when ``torch.backends.cuda.matmul.allow_tf32`` (or ``fp32_precision="tf32"``) is on.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pyzsl.ops import _reference
+from pyzsl.ops._tensor import (
+    as_tensor,
+    check,
+    load_extension,
+    pick_backend,
+    raise_if_nonfinite,
+    stream,
+    tile_columns,
+    view,
+)
+
+FLOATS = (torch.float32, torch.float64)
+REDUCTIONS = ("none", "sum", "mean")
+NEGATIVES = ("sum", "max")
+
+
+def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems):
+    """One pass over the class tiles.
+
+    Returns per-row loss (B,), the hardest violator per row (B,) and, with ``want_grad``
+    (sum mode), dU (B×dt) and dT (C×dt) of ``sum_b w_b loss_b`` (w = row_weight or 1).
+    """
+    ext = load_extension()
+    B, C = U.shape[0], T.shape[0]
+    dev, dt = U.device, U.dtype
+    f64 = dict(dtype=torch.float64, device=dev)
+    loss = torch.zeros(B, **f64)
+    count = torch.zeros(B, **f64)
+    best = torch.zeros(B, **f64)
+    best_idx = torch.full((B,), -1, dtype=torch.int64, device=dev)
+    status = torch.zeros(1, dtype=torch.int32, device=dev)
+    positive = (U * T[y]).sum(1)
+    dU = dT = None
+    if want_grad:
+        dU = torch.zeros_like(U)
+        dT = torch.zeros_like(T)
+        WU = U if row_weight is None else U * row_weight[:, None]
+    n = tile_columns(B, C, U, tile_elems)
+    buf = torch.empty(B * n, dtype=dt, device=dev)
+    s = stream(U)
+    for c0 in range(0, C, n):
+        c1 = min(C, c0 + n)
+        Tc = T[c0:c1]
+        S = torch.mm(U, Tc.T, out=buf[: B * (c1 - c0)].view(B, c1 - c0))
+        violators = ext.hinge_tile(view(S), view(positive), view(y), view(class_mask), view(loss),
+                                   view(count), view(best), view(best_idx), view(status), c0, C,
+                                   float(margin), hardest, want_grad, s)
+        if want_grad and violators != 0:  # S now holds dL/dS of the tile (0/1)
+            dU.addmm_(S, Tc)
+            torch.mm(S.T, WU, out=dT[c0:c1])
+    raise_if_nonfinite(status, "the scores (V, M or T contains NaN/inf)")
+    if want_grad:
+        # the true class's column: dL/ds_{b,y_b} = -count_b
+        cnt = count.to(dt)
+        dU.sub_(cnt[:, None] * T[y])
+        dT.index_add_(0, y, -cnt[:, None] * WU)
+        if row_weight is not None:
+            dU.mul_(row_weight[:, None])
+    per_row = (best if hardest else loss).to(dt)
+    return per_row, best_idx, dU, dT
+
+
+class _BilinearHinge(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, V, M, T, y, margin, reduction, class_mask, hardest, tile_elems):
+        U = V @ M.T
+        B = V.shape[0]
+        early = any(ctx.needs_input_grad[:3]) and not hardest and reduction != "none"
+        per_row, best_idx, dU, dT = _sweep(U, T, y, margin, class_mask, hardest, early, None,
+                                           tile_elems)
+        scale = 1.0 / B if reduction == "mean" else 1.0
+        ctx.reduction, ctx.hardest, ctx.margin, ctx.tile_elems = reduction, hardest, margin, tile_elems
+        ctx.scale = scale
+        ctx.save_for_backward(V, M, T, y, U, best_idx, dU, dT, class_mask)
+        if reduction == "none":
+            return per_row
+        return per_row.sum() * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        V, M, T, y, U, best_idx, dU, dT, class_mask = ctx.saved_tensors
+        B = V.shape[0]
+        if ctx.hardest:
+            w = g if ctx.reduction == "none" else g.expand(B) * ctx.scale
+            w = w * (best_idx >= 0)
+            j = best_idx.clamp_min(0)
+            dU = w[:, None] * (T[j] - T[y])
+            wU = w[:, None] * U
+            dT = torch.zeros_like(T).index_add_(0, j, wU).index_add_(0, y, -wU)
+        elif ctx.reduction == "none":
+            _, _, dU, dT = _sweep(U, T, y, ctx.margin, class_mask, False, True, g.to(U.dtype),
+                                  ctx.tile_elems)
+        else:
+            dU = dU * (g * ctx.scale)
+            dT = dT * (g * ctx.scale)
+        dV = dU @ M if ctx.needs_input_grad[0] else None
+        dM = dU.T @ V if ctx.needs_input_grad[1] else None
+        dT = dT if ctx.needs_input_grad[2] else None
+        return dV, dM, dT, None, None, None, None, None, None
+
+
+def bilinear_hinge_loss(
+    V: Tensor,
+    M: Tensor,
+    T: Tensor,
+    y: Tensor,
+    margin: float = 0.1,
+    reduction: str = "mean",
+    class_mask: Tensor | None = None,
+    negatives: str = "sum",
+    *,
+    backend: str = "auto",
+    tile_elems: int | None = None,
+) -> Tensor:
+    """DeViSE hinge loss of the bilinear score ``s_bj = t_jᵀ M v_b``, fused.
+
+    Per row: ``sum_{j != y_b, class_mask_j} max(0, margin - s_{b,y_b} + s_bj)``; with
+    ``negatives="max"`` only the largest of those terms. Equals
+    :func:`pyzsl.ops._reference.bilinear_hinge_loss` (which builds ``V @ M.T @ T.T``)
+    without allocating the B×C matrix. Extra memory: O((B + C)·dt) for U and the
+    gradients, plus one B×n tile of ``tile_elems`` elements (default 8 MB on the CPU,
+    128 MB on CUDA).
+
+    Args:
+        V: B×dv inputs. M: dt×dv compatibility. T: C×dt class embeddings. All three
+            float32 or float64 on the CPU, float32 on CUDA, differentiable.
+        y: (B,) int64 true classes in [0, C).
+        margin: the hinge margin.
+        reduction: ``"none"`` (B,), ``"sum"`` or ``"mean"`` over rows.
+        class_mask: (C,) bool: the classes allowed as negatives (e.g. the seen classes).
+        negatives: ``"sum"`` over violators (DeViSE) or ``"max"``, the hardest one.
+        backend: ``"pyzsl"`` (the fused kernel), ``"torch"`` (the reference) or ``"auto"``.
+
+    Raises:
+        TypeError / ValueError naming the argument for a wrong dtype, device or shape, a
+        label out of range, or NaN/inf in the inputs. Double backward is not supported.
+    """
+    V = check(as_tensor(V, "V"), "V", ndim=2, dtypes=FLOATS)
+    T = check(as_tensor(T, "T"), "T", ndim=2, like=V)
+    M = check(as_tensor(M, "M"), "M", ndim=2, like=V, shape=(T.shape[1], V.shape[1]))
+    B, C = V.shape[0], T.shape[0]
+    y = check(as_tensor(y, "y"), "y", dtypes=(torch.int64,), like=V, shape=(B,), contiguous=True)
+    if class_mask is not None:
+        class_mask = check(as_tensor(class_mask, "class_mask"), "class_mask", dtypes=(torch.bool,),
+                           like=V, shape=(C,), contiguous=True)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives: expected one of {NEGATIVES}, got {negatives!r}")
+    if B and C == 0:
+        raise ValueError("T: no classes (C = 0)")
+    if B:
+        lo, hi = torch.aminmax(y)  # one host sync on CUDA, before any launch
+        if lo.item() < 0 or hi.item() >= C:
+            raise ValueError(f"y: labels must be in [0, {C}), got values in [{lo.item()}, {hi.item()}]")
+    if pick_backend(backend, V) == "torch":
+        return _reference.bilinear_hinge_loss(V, M, T, y, margin, reduction, class_mask, negatives)
+    return _BilinearHinge.apply(V, M, T, y, float(margin), reduction, class_mask,
+                                negatives == "max", tile_elems)

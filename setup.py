@@ -1,0 +1,118 @@
+"""Build pyzsl._C: C++ sources with OpenMP, and .cu sources with nvcc when a toolkit is found.
+
+Environment:
+  PYZSL_CUDA       unset/auto: compile CUDA if nvcc is found; 0: CPU only; 1: CUDA or fail.
+  PYZSL_CUDA_ARCH  semicolon list of SM versions (default "80;90").
+  CUDA_HOME        toolkit root (else nvcc on PATH, else /usr/local/cuda).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent.resolve()
+VERSION = "0.1.0"
+
+
+def find_cuda() -> Path | None:
+    """CUDA_HOME, then the toolkit around nvcc on PATH, then /usr/local/cuda."""
+    candidates = []
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        candidates.append(Path(home))
+    nvcc = shutil.which("nvcc")
+    if nvcc:  # may be a wrapper script outside the toolkit: then its root has no headers
+        candidates.append(Path(nvcc).resolve().parent.parent)
+    candidates.append(Path("/usr/local/cuda"))
+    for root in candidates:
+        if (root / "bin" / "nvcc").exists() and (root / "include" / "cuda_runtime.h").exists():
+            return root
+    return None
+
+
+def cuda_wanted() -> tuple[bool, Path | None]:
+    mode = os.environ.get("PYZSL_CUDA", "auto").strip().lower()
+    if mode in ("0", "off", "false", "no"):
+        return False, None
+    home = find_cuda()
+    if home is None:
+        if mode in ("1", "on", "true", "yes"):
+            sys.exit("PYZSL_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME or put nvcc on PATH")
+        print("pyzsl: no CUDA toolkit found (CUDA_HOME, nvcc on PATH, /usr/local/cuda): CPU-only build")
+        return False, None
+    if not (home / "lib64" / "libcudart_static.a").exists():
+        sys.exit(f"pyzsl: CUDA toolkit at {home} has no lib64/libcudart_static.a (needed for a static runtime)")
+    return True, home
+
+
+def archs() -> list[str]:
+    raw = os.environ.get("PYZSL_CUDA_ARCH", "80;90")
+    out = [a.strip().replace(".", "") for a in raw.replace(",", ";").split(";") if a.strip()]
+    for a in out:
+        if not a.isdigit():
+            sys.exit(f"PYZSL_CUDA_ARCH: {a!r} is not an SM number like 80 or 90")
+    return out
+
+
+WITH_CUDA, CUDA_HOME = cuda_wanted()
+CUDA_ARCHS = archs() if WITH_CUDA else []
+
+cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+cu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cu"))
+
+macros = [("PYZSL_VERSION", f'"{VERSION}"'),
+          ("PYZSL_CUDA_ARCHS", '"' + ";".join(CUDA_ARCHS) + '"')]
+if WITH_CUDA:
+    macros.append(("WITH_CUDA", "1"))
+
+ext = Pybind11Extension(
+    "pyzsl._C",
+    cpp_sources,
+    include_dirs=["csrc"] + ([str(CUDA_HOME / "include")] if WITH_CUDA else []),
+    define_macros=macros,
+    cxx_std=17,
+    extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Wextra"],
+    extra_link_args=["-fopenmp"],
+)
+
+
+class BuildExt(build_ext):
+    """Compiles each .cu with nvcc and links the objects into the same _C."""
+
+    def build_extension(self, ext):
+        if WITH_CUDA:
+            objects = []
+            tmp = Path(self.build_temp) / "cuda"
+            tmp.mkdir(parents=True, exist_ok=True)
+            nvcc = str(CUDA_HOME / "bin" / "nvcc")
+            import pybind11
+            import sysconfig
+
+            for src in cu_sources:
+                obj = tmp / (Path(src).with_suffix("").as_posix().replace("/", "_") + ".o")
+                cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17",
+                       "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall",
+                       "-Icsrc", "-I" + pybind11.get_include(),
+                       "-I" + sysconfig.get_paths()["include"], "-DWITH_CUDA=1",
+                       "--expt-relaxed-constexpr"]
+                for a in CUDA_ARCHS:
+                    cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+                # PTX of the newest arch too, so that newer GPUs can JIT it.
+                cmd += ["-gencode", f"arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
+                print("pyzsl: nvcc", " ".join(cmd[1:]), flush=True)
+                subprocess.check_call(cmd, cwd=ROOT)
+                objects.append(str(obj))
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+            ext.library_dirs = list(ext.library_dirs or []) + [str(CUDA_HOME / "lib64")]
+            ext.libraries = list(ext.libraries or []) + ["cudart_static", "dl", "rt", "pthread"]
+        super().build_extension(ext)
+
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,179 @@
+"""The fused bilinear hinge loss against the plain-PyTorch reference."""
+import numpy as np
+import pytest
+import torch
+
+import pyzsl
+from pyzsl.ops import _reference as ref
+from pyzsl.ops import bilinear_hinge_loss
+
+# (B, dv, dt, C): ones, primes, odd sizes, C >> B
+SIZES = [(1, 1, 1, 1), (1, 3, 2, 7), (7, 5, 4, 13), (31, 17, 11, 257), (2, 3, 3, 1009), (13, 8, 6, 2)]
+
+
+def make(B, dv, dt, C, device, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(B, dv, generator=g, dtype=dtype).to(device).requires_grad_()
+    M = torch.randn(dt, dv, generator=g, dtype=dtype).div(dv ** 0.5).to(device).requires_grad_()
+    T = torch.randn(C, dt, generator=g, dtype=dtype).to(device).requires_grad_()
+    y = torch.randint(0, C, (B,), generator=g).to(device)
+    return V, M, T, y
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+def test_build_info_reports_what_was_built():
+    info = pyzsl.build_info()
+    assert info["version"] == pyzsl.__version__
+    assert info["omp_threads"] >= 1
+    assert isinstance(info["cuda"], bool) and info["cuda_devices"] >= 0
+    if info["cuda"]:
+        assert info["cuda_archs"]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("negatives", ["sum", "max"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_matches_reference_float64(device, size, negatives, reduction, masked):
+    V, M, T, y = make(*size, device)
+    C = T.shape[0]
+    mask = (torch.rand(C, device=device) > 0.3) if masked else None
+    # a small tile forces several tiles and a partial last one
+    ours = bilinear_hinge_loss(V, M, T, y, 0.5, reduction, mask, negatives, tile_elems=3 * V.shape[0] + 1)
+    want = ref.bilinear_hinge_loss(V, M, T, y, 0.5, reduction, mask, negatives)
+    assert ours.shape == want.shape
+    assert rel_err(ours, want) < 1e-10
+    w = torch.randn_like(want)
+    g_ours = torch.autograd.grad((ours * w).sum(), (V, M, T))
+    g_want = torch.autograd.grad((want * w).sum(), (V, M, T))
+    for name, a, b in zip("VMT", g_ours, g_want):
+        assert rel_err(a, b) < 1e-10 or b.abs().max() == a.abs().max() == 0, name
+
+
+@pytest.mark.parametrize("negatives", ["sum", "max"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_gradcheck(device, negatives, reduction):
+    V, M, T, y = make(3, 4, 3, 5, device, seed=1)
+    mask = torch.tensor([True, True, False, True, True], device=device)
+    f = lambda V, M, T: bilinear_hinge_loss(V, M, T, y, 1.0, reduction, mask, negatives, tile_elems=6)
+    assert torch.autograd.gradcheck(f, (V, M, T), eps=1e-6, atol=1e-8)
+
+
+def test_float32_no_worse_than_torch_float32(device):
+    V, M, T, y = make(64, 48, 32, 3001, device, dtype=torch.float32, seed=2)
+    truth = ref.bilinear_hinge_loss(V.double(), M.double(), T.double(), y, 0.1, "mean")
+    plain = ref.bilinear_hinge_loss(V, M, T, y, 0.1, "mean")
+    ours = bilinear_hinge_loss(V, M, T, y, 0.1, "mean")
+    assert ours.dtype == torch.float32
+    assert abs(ours.double() - truth).item() <= abs(plain.double() - truth).item() + 1e-5 * truth.abs().item()
+    g_truth = torch.autograd.grad(truth, (V, M, T))  # float32 leaves: grads come back as float32 of float64 math
+    g_ours = torch.autograd.grad(ours, (V, M, T))
+    g_plain = torch.autograd.grad(plain, (V, M, T))
+    for name, a, b, t in zip("VMT", g_ours, g_plain, g_truth):
+        err_ours = (a.double() - t.double()).abs().max().item()
+        err_plain = (b.double() - t.double()).abs().max().item()
+        assert err_ours <= err_plain + 1e-5 * t.abs().max().item(), (name, err_ours, err_plain)
+
+
+def test_no_violator_gives_exact_zero_gradient(device):
+    V, M, T, y = make(9, 4, 4, 50, device)
+    loss = bilinear_hinge_loss(V, M, T, y, margin=-1e6, reduction="sum")
+    assert loss.item() == 0
+    for g in torch.autograd.grad(loss, (V, M, T)):
+        assert torch.count_nonzero(g) == 0
+
+
+def test_mask_excluding_everything_but_the_positive(device):
+    V, M, T, y = make(4, 3, 3, 6, device)
+    mask = torch.zeros(6, dtype=torch.bool, device=device)
+    assert bilinear_hinge_loss(V, M, T, y, 10.0, "sum", mask).item() == 0
+
+
+def test_numpy_inputs():
+    V, M, T, y = make(5, 4, 3, 11, "cpu")
+    a = bilinear_hinge_loss(V.detach().numpy(), M.detach().numpy(), T.detach().numpy(), y.numpy())
+    b = ref.bilinear_hinge_loss(V, M, T, y)
+    assert rel_err(a, b) < 1e-10
+
+
+def test_backend_torch_is_the_reference(device):
+    V, M, T, y = make(5, 4, 3, 11, device)
+    assert bilinear_hinge_loss(V, M, T, y, backend="torch").item() == ref.bilinear_hinge_loss(V, M, T, y).item()
+
+
+def test_double_backward_is_refused(device):
+    V, M, T, y = make(3, 3, 3, 5, device)
+    loss = bilinear_hinge_loss(V, M, T, y, 1.0)
+    (gV,) = torch.autograd.grad(loss, V, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gV.sum(), M)
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda V, M, T, y: (V.int(), M, T, y), TypeError, "V: expected dtype"),
+        (lambda V, M, T, y: (V.half(), M, T, y), TypeError, "V: expected dtype"),
+        (lambda V, M, T, y: (V, M.float(), T, y), TypeError, "M: dtype"),
+        (lambda V, M, T, y: (V, M, T[:, :2], y), ValueError, "M: expected shape"),
+        (lambda V, M, T, y: (V, M.T, T, y), ValueError, "M: expected shape"),
+        (lambda V, M, T, y: (V[0], M, T, y), ValueError, "V: expected a 2-D"),
+        (lambda V, M, T, y: (V, M, T, y.int()), TypeError, "y: expected dtype int64"),
+        (lambda V, M, T, y: (V, M, T, y[:-1]), ValueError, "y: expected shape"),
+        (lambda V, M, T, y: (V, M, T, y + 100), ValueError, r"y: labels must be in \[0, 11\)"),
+        (lambda V, M, T, y: (V, M, T, y - 100), ValueError, "y: labels"),
+        (lambda V, M, T, y: (V.detach().index_put((torch.tensor([1]), torch.tensor([2])), torch.tensor(float("nan"), dtype=V.dtype)), M, T, y), ValueError, "NaN"),
+        (lambda V, M, T, y: (V, M, T.detach().index_put((torch.tensor([7]), torch.tensor([0])), torch.tensor(float("inf"), dtype=T.dtype)), y), ValueError, "NaN/inf"),
+        (lambda V, M, T, y: ([[1.0]], M, T, y), TypeError, "V: expected a torch.Tensor"),
+    ],
+)
+def test_bad_inputs(mutate, error, match):
+    V, M, T, y = make(5, 4, 3, 11, "cpu")
+    with pytest.raises(error, match=match):
+        bilinear_hinge_loss(*mutate(V, M, T, y))
+
+
+def test_bad_options():
+    V, M, T, y = make(5, 4, 3, 11, "cpu")
+    with pytest.raises(ValueError, match="reduction"):
+        bilinear_hinge_loss(V, M, T, y, reduction="avg")
+    with pytest.raises(ValueError, match="negatives"):
+        bilinear_hinge_loss(V, M, T, y, negatives="min")
+    with pytest.raises(ValueError, match="backend"):
+        bilinear_hinge_loss(V, M, T, y, backend="cuda")
+    with pytest.raises(TypeError, match="class_mask: expected dtype bool"):
+        bilinear_hinge_loss(V, M, T, y, class_mask=torch.ones(11))
+    with pytest.raises(ValueError, match="class_mask: expected shape"):
+        bilinear_hinge_loss(V, M, T, y, class_mask=torch.ones(10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="class_mask: must be contiguous"):
+        bilinear_hinge_loss(V, M, T, y, class_mask=torch.ones(22, dtype=torch.bool)[::2])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for CUDA tensors on a machine without a GPU")
+def test_cuda_call_without_device_is_clear():
+    info = pyzsl.build_info()
+    assert info["cuda_devices"] == 0
+
+
+def test_extension_rejects_strided_and_readonly_arrays():
+    from pyzsl.ops._tensor import load_extension
+
+    C = load_extension()
+    S = np.zeros((4, 6), np.float32)
+    args = dict(positive=np.zeros(4, np.float32), labels=np.zeros(4, np.int64), class_mask=None,
+                loss=np.zeros(4), count=np.zeros(4), best_value=np.zeros(4),
+                best_index=np.full(4, -1, np.int64), status=np.zeros(1, np.int32), col0=0,
+                num_classes=6, margin=0.1, hardest=False, write_grad=False)
+    with pytest.raises(ValueError, match="scores: must be C-contiguous"):
+        C.hinge_tile(scores=S[:, ::2], **{**args, "num_classes": 3})
+    ro = S.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="scores: is read-only"):
+        C.hinge_tile(scores=ro, **args)
+    with pytest.raises(ValueError, match="labels: expected int64"):
+        C.hinge_tile(scores=S, **{**args, "labels": np.zeros(4, np.int32)})
+    with pytest.raises(ValueError, match="outside"):
+        C.hinge_tile(scores=S, **{**args, "col0": 3})

@@ -1,0 +1,134 @@
+"""The fused similarity top-k against the plain-PyTorch reference."""
+import numpy as np
+import pytest
+import torch
+
+from pyzsl.ops import _reference as ref
+from pyzsl.ops import bilinear_topk
+
+SIZES = [(1, 1, 1, 1, 1), (1, 3, 2, 7, 3), (7, 5, 4, 13, 13), (31, 17, 11, 257, 10), (2, 3, 3, 1009, 50), (13, 8, 6, 2, 1)]
+
+
+def make(B, dv, dt, C, device, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(B, dv, generator=g, dtype=dtype).to(device)
+    M = torch.randn(dt, dv, generator=g, dtype=dtype).to(device)
+    T = torch.randn(C, dt, generator=g, dtype=dtype).to(device)
+    return V, M, T
+
+
+def assert_same_topk(ours, want, rtol=1e-12):
+    (v, i), (v2, i2) = ours, want
+    assert v.shape == v2.shape and i.shape == i2.shape
+    fin = torch.isfinite(v2)
+    assert torch.equal(torch.isfinite(v), fin)
+    assert torch.allclose(v[fin], v2[fin], rtol=rtol, atol=0)
+    assert torch.equal(i, i2)
+
+
+@pytest.mark.parametrize("B,dv,dt,C,k", SIZES)
+@pytest.mark.parametrize("with_map", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("biased", [False, True])
+def test_matches_reference_float64(device, B, dv, dt, C, k, with_map, masked, biased):
+    V, M, T = make(B, dv, dt, C, device)
+    if not with_map:
+        V = V[:, :dt].contiguous() if dv >= dt else torch.randn(B, dt, dtype=V.dtype, device=device)
+        M = None
+    mask = (torch.rand(C, device=device) > 0.4) if masked else None
+    bias = torch.randn(C, dtype=V.dtype, device=device) if biased else None
+    ours = bilinear_topk(V, M, T, k, mask, bias, tile_elems=2 * B + 1)
+    assert_same_topk(ours, ref.bilinear_topk(V, M, T, k, mask, bias))
+
+
+def test_fewer_allowed_than_k_fills_with_minus_one(device):
+    V, M, T = make(3, 4, 4, 9, device)
+    mask = torch.zeros(9, dtype=torch.bool, device=device)
+    mask[[2, 5]] = True
+    v, i = bilinear_topk(V, M, T, 4, mask)
+    assert set(i[:, :2].flatten().tolist()) <= {2, 5}
+    assert (i[:, 2:] == -1).all() and torch.isinf(v[:, 2:]).all()
+    assert_same_topk((v, i), ref.bilinear_topk(V, M, T, 4, mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_go_to_the_smaller_index(device, dtype):
+    # duplicated class rows score exactly alike (small integers: every GEMM order is exact):
+    # the kernel must pick the smaller index first, across tiles too (tiles of 2 columns)
+    T = torch.randint(-4, 5, (5, 8)).to(dtype=dtype, device=device)
+    T = torch.cat([T, T, T])  # class j, j+5, j+10 tie
+    V = torch.randint(-4, 5, (6, 8)).to(dtype=dtype, device=device)
+    v, i = bilinear_topk(V, None, T, 7, tile_elems=12)
+    v2, i2 = ref.bilinear_topk(V, None, T, 7)
+    assert torch.equal(i, i2)
+    assert torch.equal(v, v2)
+    # the three copies of the best class come out in index order
+    assert (i[:, 0] < 5).all() and torch.equal(i[:, 1], i[:, 0] + 5) and torch.equal(i[:, 2], i[:, 0] + 10)
+
+
+def test_float32_agrees_with_float64_ranking():
+    V, M, T = make(50, 40, 30, 4001, "cpu", dtype=torch.float32)
+    v, i = bilinear_topk(V, M, T, 10)
+    v64, _ = ref.bilinear_topk(V.double(), M.double(), T.double(), 10)
+    assert v.dtype == torch.float32
+    assert torch.allclose(v.double(), v64, rtol=1e-4, atol=1e-4)
+    # the returned ids really have the returned scores
+    S = (V.double() @ M.double().T) @ T.double()[i].transpose(1, 2)
+    assert torch.allclose(S.diagonal(dim1=0, dim2=1).T, v.double(), atol=1e-3)
+
+
+def test_numpy_inputs():
+    V, M, T = make(4, 3, 3, 20, "cpu")
+    v, i = bilinear_topk(V.numpy(), M.numpy(), T.numpy(), 3)
+    assert_same_topk((v, i), ref.bilinear_topk(V, M, T, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(k=0), ValueError, r"k: expected an int in \[1, 11\]"),
+        (dict(k=12), ValueError, "k: expected an int"),
+        (dict(k=2.0), ValueError, "k: expected an int"),
+        (dict(k=1, class_bias=torch.zeros(11, dtype=torch.float32)), TypeError, "class_bias: dtype"),
+        (dict(k=1, class_bias=torch.zeros(10, dtype=torch.float64)), ValueError, "class_bias: expected shape"),
+        (dict(k=1, class_mask=torch.ones(11)), TypeError, "class_mask: expected dtype bool"),
+        (dict(k=1, backend="faiss"), ValueError, "backend"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    V, M, T = make(4, 3, 3, 11, "cpu")
+    with pytest.raises(error, match=match):
+        bilinear_topk(V, M, T, **kwargs)
+
+
+def test_bad_inputs():
+    V, M, T = make(4, 3, 2, 11, "cpu")
+    with pytest.raises(ValueError, match="M: expected shape"):
+        bilinear_topk(V, M.T, T, 1)
+    with pytest.raises(ValueError, match="V has 3 columns but T has 2"):
+        bilinear_topk(V, None, T, 1)
+    with pytest.raises(TypeError, match="V: expected dtype"):
+        bilinear_topk(V.long(), M, T, 1)
+    with pytest.raises(TypeError, match="T: dtype"):
+        bilinear_topk(V, M, T.float(), 1)
+    bad = T.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        bilinear_topk(V, M, bad, 2)
+    bias = torch.zeros(11, dtype=V.dtype)
+    bias[4] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        bilinear_topk(V, M, T, 2, class_bias=bias)
+
+
+def test_extension_rejects_mismatched_views():
+    from pyzsl.ops._tensor import load_extension
+
+    C = load_extension()
+    S = np.zeros((3, 5), np.float32)
+    with pytest.raises(ValueError, match="values: expected shape"):
+        C.topk_tile(S, None, None, np.zeros((2, 2), np.float32), np.zeros((2, 2), np.int64), np.zeros(1, np.int32), 0, 5)
+    with pytest.raises(ValueError, match="values.*same dtype"):
+        C.topk_tile(S, None, None, np.zeros((3, 2)), np.zeros((3, 2), np.int64), np.zeros(1, np.int32), 0, 5)
+    with pytest.raises(ValueError, match="scores: expected a numpy array"):
+        C.topk_tile([[1.0]], None, None, np.zeros((3, 2)), np.zeros((3, 2), np.int64), np.zeros(1, np.int32), 0, 5)
