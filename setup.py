@@ -16,6 +16,7 @@ from pathlib import Path
 from pybind11.setup_helpers import Pybind11Extension
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent.resolve()
 VERSION = "0.1.0"
@@ -115,4 +116,17 @@ class BuildExt(build_ext):
         super().build_extension(ext)
 
 
-setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})
+class BuildPy(build_py):
+    """Ships the embedded default data (the project's data/) inside the package as pyzsl/data,
+    so that `pyzsl bli align` with no files runs after a plain `pip install .`."""
+
+    def run(self):
+        super().run()
+        dst = Path(self.build_lib) / "pyzsl" / "data"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted((ROOT / "data").glob("*")):
+            if f.is_file():
+                shutil.copy2(f, dst / f.name)
+
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

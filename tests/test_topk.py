@@ -132,3 +132,9 @@ def test_extension_rejects_mismatched_views():
         C.topk_tile(S, None, None, np.zeros((3, 2)), np.zeros((3, 2), np.int64), np.zeros(1, np.int32), 0, 5)
     with pytest.raises(ValueError, match="scores: expected a numpy array"):
         C.topk_tile([[1.0]], None, None, np.zeros((3, 2)), np.zeros((3, 2), np.int64), np.zeros(1, np.int32), 0, 5)
+
+
+def test_several_row_blocks(device):
+    # more rows than one row block (2048 on the CPU): blocks must not mix their results
+    V, M, T = make(2100, 4, 3, 37, device, seed=3)
+    assert_same_topk(bilinear_topk(V, M, T, 5, tile_elems=4096), ref.bilinear_topk(V, M, T, 5))

@@ -122,6 +122,16 @@ def tile_columns(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> int
     return max(1, min(cols, tile_elems // max(rows, 1)))
 
 
+def tile_shape(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> tuple[int, int]:
+    """(row block, columns) of a score tile for a sweep over both rows and columns.
+
+    Row blocks of at most 2048 (CPU) / 8192 (CUDA) rows keep the GEMM's left operand in
+    cache while column tiles stream past; the tile holds at most ``tile_elems`` elements.
+    """
+    block = min(rows, 8192 if x.is_cuda else 2048)
+    return max(block, 1), tile_columns(block, cols, x, tile_elems)
+
+
 def raise_if_nonfinite(status: Tensor, what: str) -> None:
     if int(status.item()) != 0:
         raise ValueError(f"non-finite value (NaN or inf) in {what}")
