@@ -14,6 +14,7 @@
 #include "common/parallel.h"
 #include "topk/topk.h"
 #include "parse_vec/parse_vec.h"  // BLI-A: parse_vec block below
+#include "pcgrad/pcgrad.h"  // issue 4: pcgrad block below
 
 namespace py = pybind11;
 using namespace pyzsl;
@@ -194,14 +195,14 @@ PYBIND11_MODULE(_C, m) {
   // The text arrives as any contiguous byte buffer (bytes, mmap): no copy.
   m.def(
       "count_lines",
-      [](py::buffer text, int64_t offset) {
+      [](py::buffer text, int64_t offset, int64_t limit) {
         py::buffer_info b = text.request();
         const char* p = static_cast<const char*>(b.ptr);
         const int64_t n = b.size * b.itemsize;
         py::gil_scoped_release nogil;
-        return count_lines(p, n, offset);
+        return count_lines(p, n, offset, limit);
       },
-      py::arg("text"), py::arg("offset") = 0);
+      py::arg("text"), py::arg("offset") = 0, py::arg("limit") = -1);
   m.def(
       "parse_vec",
       [](py::buffer text, py::handle out, py::handle out_lines, int64_t offset, int64_t first_line,
@@ -247,4 +248,47 @@ PYBIND11_MODULE(_C, m) {
       py::arg("values"), py::arg("words"), py::arg("row0"), py::arg("row1"),
       py::arg("precision") = 0);
   // --- end parse_vec ----------------------------------------------------------------
+
+  // --- pcgrad (issue 4: pyzsl/ops/pcgrad.py) --------------------------------------
+  // G arrives as a sequence of L blocks (one for a plain T×P matrix); outputs likewise.
+  m.def(
+      "pcgrad",
+      [](py::sequence blocks, py::handle order, py::sequence out, py::handle gram,
+         py::handle weights, py::handle cosine, py::handle conflicts, py::handle status,
+         py::handle workspace, bool mean, uintptr_t stream) {
+        PCGradArgs a;
+        const size_t L = blocks.size();
+        for (size_t l = 0; l < L; ++l) {
+          const std::string name = L == 1 ? "G" : "G[" + std::to_string(l) + "]";
+          a.blocks.push_back(as_array(blocks[l], name.c_str()));
+        }
+        for (size_t l = 0; l < out.size(); ++l) {
+          const std::string name = out.size() == 1 ? "out" : "out[" + std::to_string(l) + "]";
+          a.out.push_back(as_array(out[l], name.c_str(), false, true));
+        }
+        a.order = as_array(order, "order", true);
+        a.gram = as_array(gram, "gram", false, true);
+        a.weights = as_array(weights, "weights", true, true);
+        a.cosine = as_array(cosine, "cosine", true, true);
+        a.conflicts = as_array(conflicts, "conflicts", true, true);
+        a.status = as_array(status, "status", false, true);
+        a.workspace = as_array(workspace, "workspace", true, true);
+        a.mean = mean;
+        py::gil_scoped_release nogil;
+        pcgrad(a, stream);
+      },
+      py::arg("blocks"), py::arg("order"), py::arg("out"), py::arg("gram"), py::arg("weights"),
+      py::arg("cosine"), py::arg("conflicts"), py::arg("status"), py::arg("workspace"),
+      py::arg("mean"), py::arg("stream") = 0);
+  m.def(
+      "pcgrad_workspace_bytes",
+      [](int64_t T, py::sequence P, bool float64, int device_index) {
+        std::vector<int64_t> cols;
+        for (auto p : P) cols.push_back(p.cast<int64_t>());
+        return pcgrad_workspace_bytes(T, cols, float64 ? DType::Float64 : DType::Float32, device_index);
+      },
+      py::arg("T"), py::arg("P"), py::arg("float64"), py::arg("device_index"));
+  m.def("pcgrad_cpu_isa", &pcgrad_cpu_isa,
+        "The CPU code path of pcgrad: avx512, avx2 or generic (PYZSL_PCGRAD_ISA lowers it)");
+  // --- end pcgrad -----------------------------------------------------------------------
 }

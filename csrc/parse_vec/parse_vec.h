@@ -42,9 +42,9 @@ struct ParseVecResult {
 // round as strtof would (to a denormal or zero).
 ParseVecResult parse_vec(const ParseVecArgs& args);
 
-// Number of lines in text[offset:] (a last line without '\n' counts): an upper bound of
-// the data rows, for allocating out. Memory-bandwidth bound.
-int64_t count_lines(const char* text, int64_t size, int64_t offset);
+// Number of lines in text[offset:] (a last line without '\n' counts), at most `limit`
+// (-1: no limit): an upper bound of the data rows, for allocating out. Memory-bandwidth bound.
+int64_t count_lines(const char* text, int64_t size, int64_t offset, int64_t limit = -1);
 
 struct FormatVecArgs {
   Array values;                // rows × dim, float32, CPU, contiguous

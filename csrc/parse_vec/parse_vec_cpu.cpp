@@ -44,29 +44,19 @@ inline const char* parse_fast(const char* s, const char* e, float& v) {
   const char* p = s;
   bool neg = false;
   if (p < e && (*p == '-' || *p == '+')) neg = *p++ == '-';
+  // All digits go into m (leading zeros add nothing); more than 19 digits in all (e.g. a
+  // long run of leading zeros) is left to from_chars, so m never overflows.
   uint64_t m = 0;
-  int digits = 0, q = 0;
   const char* d0 = p;
-  while (p < e && static_cast<unsigned>(*p - '0') < 10) {
-    if (m == 0 && *p == '0') { ++p; continue; }  // leading zeros carry no digit
-    m = m * 10 + static_cast<unsigned>(*p++ - '0');
-    ++digits;
-  }
-  bool any = p > d0;
+  while (p < e && static_cast<unsigned>(*p - '0') < 10) m = m * 10 + static_cast<unsigned>(*p++ - '0');
+  int digits = static_cast<int>(p - d0), q = 0;
   if (p < e && *p == '.') {
-    ++p;
-    const char* f0 = p;
-    while (p < e && static_cast<unsigned>(*p - '0') < 10) {
-      if (!(m == 0 && *p == '0')) {
-        m = m * 10 + static_cast<unsigned>(*p - '0');
-        ++digits;
-      }
-      --q;
-      ++p;
-    }
-    any = any || p > f0;
+    const char* f0 = ++p;
+    while (p < e && static_cast<unsigned>(*p - '0') < 10) m = m * 10 + static_cast<unsigned>(*p++ - '0');
+    q = -static_cast<int>(p - f0);
+    digits -= q;
   }
-  if (!any || digits > 19) return nullptr;
+  if (digits == 0 || digits > 19) return nullptr;
   if (p < e && (*p == 'e' || *p == 'E')) {
     ++p;
     bool eneg = false;
@@ -126,11 +116,23 @@ inline const char* parse_value(const char* s, const char* e, float& v, std::stri
 
 }  // namespace
 
-int64_t count_lines(const char* text, int64_t size, int64_t offset) {
+int64_t count_lines(const char* text, int64_t size, int64_t offset, int64_t limit) {
   PYZSL_CHECK(offset >= 0 && offset <= size, "offset ", offset, " outside [0, ", size, "]");
   if (offset == size) return 0;
-  const int64_t n = std::count(text + offset, text + size, '\n');
-  return n + (text[size - 1] != '\n' ? 1 : 0);
+  if (limit < 0) {
+    const int64_t n = std::count(text + offset, text + size, '\n');
+    return n + (text[size - 1] != '\n' ? 1 : 0);
+  }
+  // Stop after `limit` lines: a small max_vocab never scans a multi-GB file to its end.
+  int64_t n = 0;
+  const char* p = text + offset;
+  const char* const end = text + size;
+  while (n < limit && p < end) {
+    const char* nl = static_cast<const char*>(std::memchr(p, '\n', end - p));
+    ++n;
+    p = nl ? nl + 1 : end;
+  }
+  return n;
 }
 
 ParseVecResult parse_vec(const ParseVecArgs& a) {

@@ -3,3 +3,8 @@ from pyzsl.ops.bilinear_hinge import bilinear_hinge_loss
 from pyzsl.ops.topk import bilinear_topk
 
 __all__ = ["bilinear_hinge_loss", "bilinear_topk"]
+
+# --- pcgrad (issue 4) ---
+from pyzsl.ops.pcgrad import PCGradDiagnostics, gram, pcgrad  # noqa: E402
+
+__all__ += ["gram", "pcgrad", "PCGradDiagnostics"]

@@ -67,3 +67,35 @@ def bilinear_topk(
     order = torch.sort(S, dim=1, descending=True, stable=True)
     values, indices = order.values[:, :k], order.indices[:, :k]
     return values, indices.masked_fill(values == float("-inf"), -1)
+
+
+# --- pcgrad (issue 4) ------------------------------------------------------------------------
+
+
+def gram(G: Tensor) -> Tensor:
+    """``G @ G.T`` (T×T) in G's dtype."""
+    return G @ G.T
+
+
+def pcgrad(G: Tensor, order: Tensor, reduction: str = "sum") -> Tensor:
+    """PCGrad (Yu et al. 2020) as the common PyTorch ports write it: a loop over task pairs.
+
+    Row i of ``order`` (T×T, a permutation of 0..T-1) is the order in which g_i is projected
+    onto the normal plane of each original g_j it conflicts with (``g_i·g_j < 0``, g_i the
+    current projection); its own index is skipped, and so are zero gradients. Runs in G's dtype
+    (float64 for the tests' oracle). Memory: the T projected copies of G.
+    """
+    rows = []
+    for i in range(G.shape[0]):
+        g = G[i].clone()
+        for j in order[i].tolist():
+            if j == i:
+                continue
+            gj = G[j]
+            d = torch.dot(g, gj)
+            nj = torch.dot(gj, gj)
+            if d < 0 and nj > 0:
+                g -= (d / nj) * gj
+        rows.append(g)
+    out = torch.stack(rows).sum(0)
+    return out / G.shape[0] if reduction == "mean" else out

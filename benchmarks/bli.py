@@ -1,0 +1,167 @@
+"""BLI on the shared French ↔ Finnish data: every mapping method, both directions, with the bars.
+
+    flock /tmp/pyzsl-bench.lock python benchmarks/bli.py
+    python benchmarks/bli.py --directions fr-fi --methods procrustes,rcsls   # a subset
+
+For each direction (fr→fi, fi→fr; each trained only on its own train file) and method:
+P@1/5/10 with NN and CSLS (k = 10) retrieval on the test dictionary (MUSE protocol, 850
+source words, coverage 100 %), the wall time of the fit and of the evaluation, and the quality
+bar of issue 3 (re-measured in ``../shared/data/bli/README.md``) beside it. No choice made here
+looks at the test dictionary: the methods' settings are fixed below (chosen on a held-out part
+of the train dictionaries), self-learning selects its iteration by its own unsupervised
+objective (mean CSLS of the induced pairs). Rows go to ``benchmarks/results/bli.csv``.
+
+Baselines measured on these files (the README's table): NumPy Procrustes 0.4847 / 0.5776
+CSLS P@1 (= MUSE iteration 0 = VecMap --orthogonal); VecMap --supervised 0.4776 / 0.5906;
+MUSE after 5 refinements 0.5071 / 0.6000 (11 min / 6 min); VecMap semi-supervised did not
+finish in 15 min.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_rss_mb, table, write_rows  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bli"
+
+# Bars (CSLS P@1) from shared/data/README.md, per direction.
+PROCRUSTES = {"fr-fi": 0.4847, "fi-fr": 0.5776}
+BARS = {
+    "procrustes": ("≥ NumPy Procrustes", PROCRUSTES),
+    "procrustes+sl": ("≥ Procrustes", PROCRUSTES),
+    "rcsls": ("≥ Procrustes + 1.5", {"fr-fi": 0.4997, "fi-fr": 0.5926}),
+    "sl-50": ("≥ Procrustes − 3", {"fr-fi": 0.4547, "fi-fr": 0.5476}),
+    "sl-identical": ("(no bar)", None),
+    "unsupervised": ("≥ Procrustes − 5", {"fr-fi": 0.4347, "fi-fr": 0.5276}),
+}
+BEST_SUPERVISED = {"fr-fi": 0.4926, "fi-fr": 0.6056}   # VecMap supervised + 1.5
+STRETCH = {"fr-fi": 0.5221, "fi-fr": 0.6150}           # MUSE refined + 1.5
+SUPERVISED = ("procrustes", "procrustes+sl", "rcsls", "sl+rcsls")
+
+# Settings of each method (the library defaults unless stated).
+SL = dict(direction="intersection", vocab_cutoff=10000, threshold=1e-4)
+RCSLS = dict(n_iter=10, lr=1.0, knn=10)
+METHODS = {
+    "procrustes": "orthogonal Procrustes on the train dictionary",
+    "procrustes+sl": "self-learning started from the train dictionary",
+    "rcsls": "RCSLS on the train dictionary, from Procrustes",
+    "sl+rcsls": "RCSLS on self-learning's induced dictionary (+ train)",
+    "sl-50": "self-learning from the first 50 lines of the train file",
+    "sl-identical": "self-learning from identical strings",
+    "unsupervised": "self-learning from the similarity-distribution init",
+}
+
+
+def fit(method, X, Z, train, src, tgt, device, backend):
+    """Returns (LinearMap, info dict)."""
+    from pyzsl.bli.procrustes import procrustes
+    from pyzsl.bli.rcsls import rcsls
+    from pyzsl.bli.self_learning import self_learning
+
+    common = dict(device=device, backend=backend, progress=True)
+    if method == "procrustes":
+        return procrustes(X, Z, train), {}
+    if method == "rcsls":
+        r = rcsls(X, Z, train, **RCSLS, **common)
+        return r.mapping, dict(steps=len(r.history) - 1, objective=r.objective)
+    if method in ("procrustes+sl", "sl+rcsls", "sl-50", "sl-identical", "unsupervised"):
+        seed = {"sl-50": train[:50], "sl-identical": "identical", "unsupervised": "unsupervised"}.get(method, train)
+        r = self_learning(X, Z, seed, src_words=src.words, tgt_words=tgt.words, **SL, **common)
+        info = dict(iterations=r.n_iter, objective=r.objective, induced=int(r.dictionary.shape[0]),
+                    seed_pairs=int(r.seed.shape[0]))
+        if method != "sl+rcsls":
+            return r.mapping, info
+        d = torch.cat([r.dictionary, train])
+        rr = rcsls(X, Z, d, init=r.mapping if r.mapping.tgt is None else None, **RCSLS, **common)
+        return rr.mapping, info
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--directions", default="fr-fi,fi-fr")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--no-csv", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from pyzsl.bli.dictionary import load_dictionary
+    from pyzsl.bli.evaluate import evaluate_all
+    from pyzsl.bli.io import Embeddings, load_embeddings
+    from pyzsl.bli.normalize import normalize
+
+    methods = a.methods.split(",")
+    for m in methods:
+        if m not in METHODS:
+            p.error(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    emb = {lang: load_embeddings(a.data / f"{lang}.vec.gz") for lang in ("fr", "fi")}
+    print(f"loaded fr {len(emb['fr'])} × fi {len(emb['fi'])} words in {time.perf_counter() - t0:.1f} s")
+    rows = []
+    for direction in a.directions.split(","):
+        s, t = direction.split("-")
+        src, tgt = emb[s], emb[t]
+        X = normalize(torch.from_numpy(src.vectors)).to(a.device)
+        Z = normalize(torch.from_numpy(tgt.vectors)).to(a.device)
+        train_d = load_dictionary(a.data / f"{direction}.train.txt", src, tgt)
+        train = torch.as_tensor(train_d.indices(src, tgt))
+        test = load_dictionary(a.data / f"{direction}.test.txt", src, tgt)
+        for method in methods:
+            t0 = time.perf_counter()
+            mapping, info = fit(method, X, Z, train, src, tgt, a.device, a.backend)
+            t_fit = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            XW, ZW = mapping.map_src(X), mapping.map_tgt(Z)
+            res = evaluate_all(Embeddings(src.words, XW), Embeddings(tgt.words, ZW), test,
+                               retrievals=("nn", "csls"), backend=a.backend)
+            t_eval = time.perf_counter() - t0
+            label, bar = BARS.get(method, ("", None))
+            if method in SUPERVISED and bar is None:
+                label, bar = "best supervised ≥", BEST_SUPERVISED
+            p1 = res["csls"]["p@1"]
+            row = dict(impl=method, mode=direction, size=f"{len(src)}x{len(tgt)}",
+                       nn_p1=res["nn"]["p@1"], nn_p5=res["nn"]["p@5"], nn_p10=res["nn"]["p@10"],
+                       csls_p1=p1, csls_p5=res["csls"]["p@5"], csls_p10=res["csls"]["p@10"],
+                       coverage=res["csls"]["coverage"], fit_s=round(t_fit, 2), eval_s=round(t_eval, 2),
+                       bar=None if bar is None else bar[direction], bar_kind=label,
+                       holds="" if bar is None else ("yes" if p1 >= bar[direction] - 1e-9 else "NO"),
+                       device=a.device, backend=a.backend, **{f"info_{k}": v for k, v in info.items()})
+            rows.append(row)
+            print(f"{direction} {method:14s} NN {row['nn_p1']:.4f} CSLS {p1:.4f}  "
+                  f"bar {row['bar'] if bar else '-'} {row['holds']}  fit {t_fit:.1f} s  {info}", flush=True)
+    # best supervised per direction
+    for direction in a.directions.split(","):
+        sup = [r for r in rows if r["mode"] == direction and r["impl"] in SUPERVISED]
+        if sup:
+            b = max(sup, key=lambda r: r["csls_p1"])
+            rows.append(dict(impl=f"best supervised ({b['impl']})", mode=direction, size=b["size"],
+                             nn_p1=b["nn_p1"], csls_p1=b["csls_p1"], csls_p5=b["csls_p5"],
+                             csls_p10=b["csls_p10"], nn_p5=b["nn_p5"], nn_p10=b["nn_p10"],
+                             coverage=b["coverage"], fit_s=b["fit_s"], eval_s=b["eval_s"],
+                             bar=BEST_SUPERVISED[direction], bar_kind="≥ VecMap sup. + 1.5",
+                             holds="yes" if b["csls_p1"] >= BEST_SUPERVISED[direction] else "NO",
+                             stretch=STRETCH[direction],
+                             stretch_holds="yes" if b["csls_p1"] >= STRETCH[direction] else "no"))
+    cols = ["mode", "impl", "nn_p1", "nn_p5", "nn_p10", "csls_p1", "csls_p5", "csls_p10",
+            "bar", "holds", "fit_s", "eval_s"]
+    fmt = [{k: (f"{v:.4f}" if isinstance(v, float) and k.endswith(("p1", "p5", "p10")) or k == "bar" and v
+                else v) for k, v in r.items()} for r in rows]
+    print()
+    print(table(fmt, cols))
+    print(f"\npeak RSS {peak_rss_mb():.0f} MB; stretch (MUSE refined + 1.5): "
+          + ", ".join(f"{d} {v}" for d, v in STRETCH.items()))
+    if not a.no_csv:
+        print("rows appended to", write_rows("bli", rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Benchmark of pyzsl.ops.pcgrad (issue 4): our kernel vs plain PyTorch vs the memory floor.
+
+In one run, for each (T, P):
+  pyzsl       pyzsl.ops.pcgrad(G, order)                        (allocates its output)
+  pyzsl_out   the same into a preallocated buffer (out=)
+  torch_loop  the per-pair loop of the common PyTorch ports      (pyzsl.ops._reference.pcgrad)
+  torch_gram  the Gram formulation in plain PyTorch: K = G Gᵀ, the T×T solve on the host, wᵀG
+  floor       two reads of G and one write of the update at the copy bandwidth measured in
+              the same run ((2·T·P + P)·itemsize / bandwidth; copy bandwidth = 2·bytes / time of
+              dst.copy_(src) on a buffer far larger than the caches)
+
+Times are p20/p50/p80 in ms; peak memory is the extra memory of one call (CUDA: the
+allocator's peak; CPU: peak RSS sampled during the call). Rows are appended to
+benchmarks/results/pcgrad.csv. The bench lock (/tmp/pyzsl-bench.lock) is held for the run.
+
+    python benchmarks/pcgrad.py                       # CPU: T 4 8 16 32, P 1e6 1e7
+    python benchmarks/pcgrad.py --device cuda         # adds P = 1e8
+    python benchmarks/pcgrad.py --T 8 --P 1e7         # the issue's CPU target row
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import fcntl
+import os
+import platform
+import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+try:  # an installed (or PYTHONPATH) pyzsl first, else this checkout
+    import pyzsl  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT))
+
+import pyzsl  # noqa: E402
+from pyzsl.ops import _reference, pcgrad  # noqa: E402
+
+CSV = ROOT / "benchmarks" / "results" / "pcgrad.csv"
+FIELDS = ["op", "impl", "mode", "device", "machine", "version", "dtype", "T", "P", "p20_ms", "p50_ms",
+          "p80_ms", "peak_mb", "copy_gbs", "floor_ms", "x_floor", "x_loop", "rel_err_vs_loop", "when"]
+
+
+# ---- setup --------------------------------------------------------------------------------
+
+def make_inputs(T: int, P: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """T task gradients with conflicts (every other task leans against task 0) and the orders."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    G = torch.empty(T, P, dtype=dtype, device=device)
+    for i in range(T):  # row by row: no T×P float64 temporary
+        G[i].copy_(torch.randn(P, generator=g, dtype=dtype))
+    G[1::2].sub_(0.5 * G[0])
+    order = torch.stack([torch.randperm(T, generator=g) for _ in range(T)])
+    return G, order
+
+
+def torch_gram(G: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """PCGrad from the Gram matrix in plain PyTorch (G Gᵀ in G's dtype, the solve on the host)."""
+    K = (G @ G.T).double().cpu()
+    T = K.shape[0]
+    c = torch.eye(T, dtype=torch.float64)
+    Kl = K.tolist()
+    for i in range(T):
+        for k in order[i].tolist():
+            if k == i or not Kl[k][k] > 0:
+                continue
+            d = float(c[i] @ K[:, k])
+            if d < 0:
+                c[i, k] -= d / Kl[k][k]
+    w = c.sum(0).to(G.dtype).to(G.device)
+    return w @ G
+
+
+# ---- measurement --------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn, device: torch.device, repeat: int, budget_s: float) -> list[float]:
+    """Wall times in ms (CUDA: events); fewer repeats for slow functions (at least 3)."""
+    fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_mb(fn, device: torch.device) -> float:
+    """Extra memory of one call: CUDA allocator peak, or peak RSS sampled every ~0.5 ms."""
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if not os.path.exists("/proc/self/statm"):
+        return float("nan")
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    fn()
+    done.set()
+    th.join()
+    return max(0, max(peak[0], _rss()) - base) / 2**20
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, repeat: int) -> float:
+    """GB/s of dst.copy_(src): bytes read + written per second, best of `repeat`."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    best = min(timeit(lambda: dst.copy_(src), device, repeat, 30.0))
+    return 2 * nbytes / (best / 1e3) / 1e9
+
+
+@contextmanager
+def bench_lock(path: str = "/tmp/pyzsl-bench.lock"):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_csv(rows: list[dict], path: Path) -> None:
+    """Appends rows atomically (tmp file + os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else ""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        if old:
+            f.write(old)
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if not old:
+            w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} x{torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    ap.add_argument("--T", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--P", type=float, nargs="+", default=None, help="default 1e6 1e7 (+1e8 on CUDA)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--impls", nargs="+", default=["pyzsl", "pyzsl_out", "torch_gram", "torch_loop"])
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--budget", type=float, default=6.0, help="seconds of repeats per slow row (min 3 runs)")
+    ap.add_argument("--csv", type=Path, default=CSV)
+    ap.add_argument("--no-csv", action="store_true")
+    ap.add_argument("--no-lock", action="store_true", help="do not take /tmp/pyzsl-bench.lock")
+    args = ap.parse_args(argv)
+
+    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = torch.device("cpu" if name == "auto" else name)
+    dtype = getattr(torch, args.dtype)
+    Ps = [int(p) for p in (args.P or ([1e6, 1e7, 1e8] if device.type == "cuda" else [1e6, 1e7]))]
+    lock = bench_lock() if not args.no_lock else nullcontext()
+    with lock:
+        return run(args, device, dtype, Ps)
+
+
+def run(args, device: torch.device, dtype: torch.dtype, Ps: list[int]) -> int:
+    item = torch.finfo(dtype).bits // 8
+    mach = machine(device)
+    # Copy bandwidth on a buffer far beyond the last-level cache (CPU 512 MB, GPU 2 GB).
+    bw = copy_bandwidth(device, (2 << 30) if device.type == "cuda" else (512 << 20), 10)
+    print(f"pcgrad benchmark on {mach} ({device}), {str(dtype).replace('torch.', '')}, "
+          f"pyzsl {pyzsl.__version__}; copy bandwidth {bw:.1f} GB/s")
+    hdr = (f"{'T':>3} {'P':>10} | {'pyzsl':>9} {'out=':>9} {'gram-pt':>9} {'loop-pt':>9} {'floor':>8} | "
+           f"{'x floor':>7} {'loop/ours':>9} {'gram/ours':>9} | {'MB ours':>7} {'MB loop':>7} | err")
+    print(hdr)
+    print("-" * len(hdr))
+    rows, when = [], dt.datetime.now().isoformat(timespec="seconds")
+    for P in Ps:
+        for T in args.T:
+            G, order = make_inputs(T, P, dtype, device)
+            out = torch.empty(P, dtype=dtype, device=device)
+            order_dev = order.to(device)
+            fns = {
+                "pyzsl": lambda: pcgrad(G, order_dev),
+                "pyzsl_out": lambda: pcgrad(G, order_dev, out=out),
+                "torch_gram": lambda: torch_gram(G, order),
+                "torch_loop": lambda: _reference.pcgrad(G, order),
+            }
+            floor = (2 * T * P + P) * item / (bw * 1e9) * 1e3
+            res = {}
+            ref = None
+            for impl in args.impls:
+                fn = fns[impl]
+                times = timeit(fn, device, args.repeat, args.budget if impl.startswith("torch") else 30.0)
+                mem = peak_mb(fn, device)
+                res[impl] = (pct(times, 0.2), pct(times, 0.5), pct(times, 0.8), mem)
+                if impl == "torch_loop":
+                    ref = fn()
+            err = float("nan")
+            if ref is not None:
+                ours = pcgrad(G, order_dev)
+                err = ((ours.double() - ref.double()).norm() / ref.double().norm()).item()
+            loop50 = res.get("torch_loop", (None, float("nan")))[1]
+            for impl, (p20, p50, p80, mem) in res.items():
+                rows.append(dict(op="pcgrad", impl=impl, mode="forward", device=device.type, machine=mach,
+                                 version=pyzsl.__version__, dtype=str(dtype).replace("torch.", ""), T=T, P=P,
+                                 p20_ms=f"{p20:.3f}", p50_ms=f"{p50:.3f}", p80_ms=f"{p80:.3f}",
+                                 peak_mb=f"{mem:.1f}", copy_gbs=f"{bw:.2f}", floor_ms=f"{floor:.3f}",
+                                 x_floor=f"{p50 / floor:.3f}", x_loop=f"{loop50 / p50:.2f}",
+                                 rel_err_vs_loop=f"{err:.2e}" if impl.startswith("pyzsl") else "", when=when))
+            f = lambda k, i=1: res[k][i] if k in res else float("nan")  # noqa: E731
+            ours = f("pyzsl")
+            print(f"{T:>3} {P:>10.0e} | {ours:>9.3f} {f('pyzsl_out'):>9.3f} {f('torch_gram'):>9.3f} "
+                  f"{f('torch_loop'):>9.3f} {floor:>8.3f} | {ours / floor:>7.2f} {f('torch_loop') / ours:>9.1f} "
+                  f"{f('torch_gram') / ours:>9.1f} | {f('pyzsl', 3):>7.1f} {f('torch_loop', 3):>7.1f} | {err:.1e}",
+                  flush=True)
+            del G, out, order_dev
+    if not args.no_csv:
+        append_csv(rows, args.csv)
+        print(f"appended {len(rows)} rows to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Bilingual lexicon induction: embeddings I/O, dictionaries, mapping, retrieval, evaluation.
+
+    from pyzsl import bli
+    al = bli.align("fr.vec", "fi.vec", train_dict="fr-fi.train.txt")
+    al.translate(["chat", "maison"], k=5)
+    al.evaluate("fr-fi.test.txt", retrieval="csls")   # {"p@1": ..., "p@5": ..., "p@10": ..., "coverage": ...}
+
+Submodules: :mod:`~pyzsl.bli.io` (load/save vectors), :mod:`~pyzsl.bli.dictionary` (MUSE
+dictionaries, seeds), :mod:`~pyzsl.bli.normalize`, :mod:`~pyzsl.bli.procrustes`,
+:mod:`~pyzsl.bli.rcsls`, :mod:`~pyzsl.bli.self_learning` (mapping methods),
+:mod:`~pyzsl.bli.retrieval` (NN, CSLS, inverted softmax), :mod:`~pyzsl.bli.evaluate`,
+:mod:`~pyzsl.bli.alignment` (the end-to-end pipeline).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pyzsl.bli.alignment import Alignment, align
+from pyzsl.bli.dictionary import (Dictionary, build_seed, identical_seed, load_dictionary,
+                                  numeral_seed)
+from pyzsl.bli.evaluate import evaluate, evaluate_all
+from pyzsl.bli.io import Embeddings, load_embeddings, save_embeddings
+from pyzsl.bli.normalize import normalize
+from pyzsl.bli.procrustes import LinearMap, procrustes
+from pyzsl.bli.retrieval import Retriever, csls, inverted_softmax, knn_mean, nn, retrieve, topk
+
+# Mapping methods written alongside (they may import this package): loaded on first use.
+_LAZY = {"rcsls": "pyzsl.bli.rcsls", "self_learning": "pyzsl.bli.self_learning"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pyzsl.bli' has no attribute {name!r}")
+
+
+__all__ = [
+    "align", "Alignment", "Embeddings", "load_embeddings", "save_embeddings", "Dictionary",
+    "load_dictionary", "identical_seed", "numeral_seed", "build_seed", "normalize",
+    "LinearMap", "procrustes", "rcsls", "self_learning", "nn", "csls", "inverted_softmax",
+    "retrieve", "topk", "knn_mean", "Retriever", "evaluate", "evaluate_all",
+]

@@ -1,0 +1,342 @@
+"""Shared machinery of the bilinear zero-shot models: input checks, prediction, save/load.
+
+Every model here scores an input ``x`` (dv) against a class embedding ``t`` (dt) as
+``s = t̃ᵀ M x̃`` where ``x̃``/``t̃`` are the (optionally centred and L2-normalised)
+vectors and ``M`` is dt×dv (``None``: the identity, i.e. plain cosine/inner product).
+Prediction goes through ``pyzsl.ops.bilinear_topk``, which never forms the B×C
+score matrix: extra memory is O((B + C)·d) whatever the number of classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyzsl import ops as _ops
+
+__all__ = ["BilinearZSL", "load_model"]
+
+ArrayLike = Any  # numpy array, torch tensor or nested sequence
+
+
+# --------------------------------------------------------------------------- input checks
+def as_matrix(a: ArrayLike, name: str, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """2-D, non-empty, finite float tensor on ``device`` (a copy only where dtype/device differ)."""
+    if isinstance(a, Tensor):
+        t = a.detach()
+    else:
+        arr = np.asarray(a)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+        if not arr.flags.writeable:  # torch.from_numpy warns on read-only memory (np.load mmap, views)
+            arr = arr.copy()
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D array (rows × features), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name}: empty array of shape {tuple(t.shape)}")
+    if t.is_complex():
+        raise TypeError(f"{name}: complex values are not supported")
+    t = t.to(device=device, dtype=dtype).contiguous()
+    if not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+        raise ValueError(f"{name}: contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
+    return t
+
+
+def as_labels(y: ArrayLike, name: str, n_rows: int, n_classes: int) -> np.ndarray:
+    """1-D int64 labels of length ``n_rows`` in ``0 .. n_classes-1``."""
+    arr = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of class indices, got shape {arr.shape}")
+    if arr.shape[0] != n_rows:
+        raise ValueError(f"{name}: has {arr.shape[0]} labels but X has {n_rows} rows")
+    if arr.size and np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
+        raise ValueError(f"{name}: contains NaN")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.size and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{name}: expected integer class indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        bad = int(arr[(arr < 0) | (arr >= n_classes)][0])
+        raise ValueError(f"{name}: label {bad} is out of range: class_embeddings has {n_classes} rows (0..{n_classes - 1})")
+    return arr
+
+
+def as_class_set(c: ArrayLike, name: str, n_classes: int) -> np.ndarray:
+    """Sorted unique int64 class indices in range; non-empty."""
+    arr = c.detach().cpu().numpy() if isinstance(c, Tensor) else np.asarray(c)
+    if arr.dtype == bool:
+        if arr.shape != (n_classes,):
+            raise ValueError(f"{name}: a boolean mask needs shape ({n_classes},), got {arr.shape}")
+        arr = np.flatnonzero(arr)
+    arr = arr.reshape(-1) if arr.ndim == 0 else arr
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of class indices, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name}: is empty; give at least one class index")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name}: expected integer class indices, got dtype {arr.dtype}")
+    arr = np.unique(arr.astype(np.int64))
+    if arr[0] < 0 or arr[-1] >= n_classes:
+        bad = int(arr[(arr < 0) | (arr >= n_classes)][0])
+        raise ValueError(f"{name}: class {bad} is out of range: class_embeddings has {n_classes} rows")
+    return arr
+
+
+def l2_normalize(A: Tensor) -> Tensor:
+    n = A.norm(dim=1, keepdim=True)
+    if bool((n == 0).any()):
+        raise ValueError("cannot L2-normalise a zero vector (row %d)" % int((n[:, 0] == 0).nonzero()[0]))
+    return A / n
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write an ``.npz`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- models
+_REGISTRY: dict[str, type["BilinearZSL"]] = {}
+
+
+class BilinearZSL:
+    """Base class: score ``t̃ᵀ M x̃`` with fitted ``M_`` (dt×dv, or ``None`` for the identity).
+
+    Subclasses implement ``fit`` and set ``M_``, ``classes_`` (sorted training classes),
+    ``input_mean_``/``class_mean_`` (``None`` unless centring) and ``n_features_in_``.
+    ``classes_`` is what calibrated stacking penalises ("seen" classes).
+    """
+
+    #: constructor arguments saved with the model (subclasses override)
+    _param_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _REGISTRY[cls.__name__] = cls
+
+    normalize_inputs: bool = True
+    normalize_classes: bool = True
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    backend: str = "auto"
+    csls_k: int = 0
+    reference_: Tensor | None = None
+
+    # -- helpers ---------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self._param_names}
+        if "dtype" in out:
+            out["dtype"] = str(out["dtype"]).replace("torch.", "")
+        return out
+
+    def _check_fitted(self) -> None:
+        if "classes_" not in self.__dict__ or "M_" not in self.__dict__:
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X, y, class_embeddings) first")
+
+    def _prep_inputs(self, X: ArrayLike, name: str = "X") -> Tensor:
+        V = as_matrix(X, name, self.dtype, self.device)
+        if V.shape[1] != self.n_features_in_:
+            raise ValueError(f"{name}: has {V.shape[1]} features, the model was fitted with {self.n_features_in_}")
+        if self.input_mean_ is not None:
+            V = V - self.input_mean_
+        return l2_normalize(V) if self.normalize_inputs else V
+
+    def _prep_classes(self, T: ArrayLike, name: str = "class_embeddings") -> Tensor:
+        T = as_matrix(T, name, self.dtype, self.device)
+        if T.shape[1] != self.n_class_features_:
+            raise ValueError(f"{name}: has {T.shape[1]} features, the model was fitted with {self.n_class_features_}")
+        if self.class_mean_ is not None:
+            T = T - self.class_mean_
+        return l2_normalize(T) if self.normalize_classes else T
+
+    def _mask_and_bias(self, T: Tensor, candidates: ArrayLike | None, seen_penalty: float
+                       ) -> tuple[Tensor | None, Tensor | None]:
+        C = T.shape[0]
+        mask = None
+        if candidates is not None:
+            cand = as_class_set(candidates, "candidates", C)
+            mask = torch.zeros(C, dtype=torch.bool, device=self.device)
+            mask[torch.from_numpy(cand).to(self.device)] = True
+        bias = None
+        if seen_penalty:
+            if not np.isfinite(seen_penalty):
+                raise ValueError(f"seen_penalty must be finite, got {seen_penalty}")
+            if self.classes_[-1] >= C:
+                raise ValueError(f"class_embeddings has {C} rows but the model was trained on class {int(self.classes_[-1])}")
+            # Calibrated stacking (Chao et al. 2016): subtract the penalty from every seen class.
+            bias = torch.zeros(C, dtype=self.dtype, device=self.device)
+            bias[torch.from_numpy(self.classes_).to(self.device)] = -float(seen_penalty)
+        if self.csls_k:
+            hub = -0.5 * self._class_hubness(T, mask)
+            bias = hub if bias is None else bias + hub
+        return mask, bias
+
+    def _class_hubness(self, T: Tensor, mask: Tensor | None) -> Tensor:
+        """r_j: mean of class j's ``csls_k`` highest scores against the reference (training) inputs.
+
+        CSLS (Conneau et al. 2018) for zero-shot hubness (Dinu et al. 2015): ``s − r_j/2``
+        ranks like ``2s − r_T(x) − r_j``. Only classes allowed by ``mask`` are computed
+        (others are left at 0); cost O(C·N_ref·d) through ``bilinear_topk`` (no C×N_ref
+        buffer), each class computed once per ``T``.
+        """
+        # Cache per T: r for the rows computed so far (predict calls alternate candidate sets).
+        key = hashlib.blake2b(T.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        cache = getattr(self, "_hub_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, torch.zeros(T.shape[0], dtype=self.dtype, device=self.device),
+                     torch.zeros(T.shape[0], dtype=torch.bool, device=self.device))
+            self._hub_cache = cache
+        _, r, done = cache
+        want = torch.ones_like(done) if mask is None else mask
+        rows = (want & ~done).nonzero()[:, 0]
+        if rows.numel():
+            R = self.reference_
+            if R is None:
+                raise RuntimeError("csls_k > 0 but the model holds no reference inputs (fit it again)")
+            k = min(int(self.csls_k), R.shape[0])
+            with torch.no_grad():
+                Q = T[rows] if self.M_ is None else T[rows] @ self.M_   # tᵀ M x = (Mᵀ t)ᵀ x
+                vals, _ = _ops.bilinear_topk(Q.contiguous(), None, R, k, backend=self.backend)
+                r[rows] = vals.mean(1)
+                done[rows] = True
+        return r
+
+    # -- prediction ------------------------------------------------------------------
+    def predict_topk(
+        self,
+        X: ArrayLike,
+        class_embeddings: ArrayLike,
+        k: int = 5,
+        candidates: ArrayLike | None = None,
+        seen_penalty: float = 0.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` class indices (rows of ``class_embeddings``) and their scores, best first.
+
+        ``candidates``: class indices (or a boolean mask) allowed; others are never returned.
+        ``seen_penalty``: calibrated stacking, subtracted from the scores of ``classes_``.
+        Ties go to the smaller class index. Returns int64 (B×k) and float (B×k) arrays.
+        """
+        self._check_fitted()
+        V = self._prep_inputs(X)
+        T = self._prep_classes(class_embeddings)
+        mask, bias = self._mask_and_bias(T, candidates, seen_penalty)
+        n_allowed = T.shape[0] if mask is None else int(mask.sum())
+        if not isinstance(k, (int, np.integer)) or k < 1 or k > n_allowed:
+            raise ValueError(f"k must be an integer in 1..{n_allowed} (the number of candidate classes), got {k}")
+        with torch.no_grad():
+            vals, idx = _ops.bilinear_topk(V, self.M_, T, int(k), class_mask=mask, class_bias=bias,
+                                          backend=self.backend)
+        return idx.cpu().numpy().astype(np.int64), vals.cpu().numpy()
+
+    def predict(
+        self,
+        X: ArrayLike,
+        class_embeddings: ArrayLike,
+        candidates: ArrayLike | None = None,
+        seen_penalty: float = 0.0,
+    ) -> np.ndarray:
+        """Best class index per row of ``X`` among ``candidates`` (default: all rows of ``class_embeddings``)."""
+        return self.predict_topk(X, class_embeddings, 1, candidates, seen_penalty)[0][:, 0]
+
+    def decision_function(
+        self,
+        X: ArrayLike,
+        class_embeddings: ArrayLike,
+        candidates: ArrayLike | None = None,
+        seen_penalty: float = 0.0,
+    ) -> np.ndarray:
+        """Scores ``t̃ᵀ M x̃`` as a B×C array (B×len(candidates), sorted candidates, if given).
+
+        This one does form the B×C matrix (that is what it returns); use ``predict_topk``
+        to rank many classes without it.
+        """
+        self._check_fitted()
+        V = self._prep_inputs(X)
+        T = self._prep_classes(class_embeddings)
+        cols = None if candidates is None else as_class_set(candidates, "candidates", T.shape[0])
+        _, bias = self._mask_and_bias(T, cols, seen_penalty)
+        with torch.no_grad():
+            Tc = T if cols is None else T[torch.from_numpy(cols).to(self.device)]
+            S = (V if self.M_ is None else V @ self.M_.T) @ Tc.T
+            if bias is not None:
+                S = S + (bias if cols is None else bias[torch.from_numpy(cols).to(self.device)])
+        return S.cpu().numpy()
+
+    # -- persistence -----------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save to an ``.npz`` file atomically (temporary file + ``os.replace``); no pickle."""
+        self._check_fitted()
+        meta = {
+            "kind": type(self).__name__,
+            "params": self.get_params(),
+            "n_features_in": int(self.n_features_in_),
+            "n_class_features": int(self.n_class_features_),
+            "format": 1,
+        }
+        arrays = {"meta": np.array(json.dumps(meta)), "classes": self.classes_}
+        if self.M_ is not None:
+            arrays["M"] = self.M_.detach().cpu().numpy()
+        if self.input_mean_ is not None:
+            arrays["input_mean"] = self.input_mean_.cpu().numpy()
+        if self.class_mean_ is not None:
+            arrays["class_mean"] = self.class_mean_.cpu().numpy()
+        if self.reference_ is not None:
+            arrays["reference"] = self.reference_.cpu().numpy()
+        atomic_savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "BilinearZSL":
+        """Load a model written by ``save``; ``device`` overrides the saved one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise ValueError(f"{path}: not a pyzsl.zsl model file (no 'meta' entry)")
+            meta = json.loads(str(z["meta"]))
+            kind = meta.get("kind")
+            if kind not in _REGISTRY:
+                raise ValueError(f"{path}: unknown model kind {kind!r}")
+            target = _REGISTRY[kind]
+            if cls is not BilinearZSL and not issubclass(target, cls):
+                raise ValueError(f"{path}: holds a {kind}, not a {cls.__name__}")
+            params = dict(meta["params"])
+            if "dtype" in params:
+                params["dtype"] = getattr(torch, params["dtype"])
+            if device is not None:
+                params["device"] = str(device)
+            model = target(**params)
+            dev = model.device
+            model.classes_ = z["classes"].astype(np.int64)
+            model.n_features_in_ = int(meta["n_features_in"])
+            model.n_class_features_ = int(meta["n_class_features"])
+            model.M_ = torch.from_numpy(z["M"]).to(dev, model.dtype) if "M" in z.files else None
+            model.input_mean_ = torch.from_numpy(z["input_mean"]).to(dev, model.dtype) if "input_mean" in z.files else None
+            model.class_mean_ = torch.from_numpy(z["class_mean"]).to(dev, model.dtype) if "class_mean" in z.files else None
+            model.reference_ = torch.from_numpy(z["reference"]).to(dev, model.dtype) if "reference" in z.files else None
+        return model
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> BilinearZSL:
+    """Load any ``pyzsl.zsl`` model saved with ``.save(path)``."""
+    return BilinearZSL.load(path, device=device)

@@ -1,0 +1,340 @@
+"""pyzsl.bli.io (the C++ .vec parser, gzip, .npy, saving) and pyzsl.bli.dictionary."""
+import gzip
+import re
+
+import numpy as np
+import pytest
+
+from pyzsl.bli import io as bio
+from pyzsl.bli.dictionary import (Dictionary, identical_seed, load_dictionary, numeral_seed)
+from pyzsl.bli.io import Embeddings, load_embeddings, save_embeddings
+
+
+def write(path, text, mode="w"):
+    if mode == "wb":
+        path.write_bytes(text)
+    else:
+        path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def py_parse(text):
+    """The obvious parser, as the oracle."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines[0].split()) == 2 and all(t.isdigit() for t in lines[0].split()):
+        lines = lines[1:]
+    words, rows = [], []
+    for ln in lines:
+        parts = ln.split()
+        if parts[0] in words:
+            continue
+        words.append(parts[0])
+        rows.append([np.float32(float(v)) for v in parts[1:]])
+    return words, np.array(rows, dtype=np.float32)
+
+
+def random_emb(n=37, d=11, seed=0, words=None):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, d)) * rng.choice([1e-3, 0.1, 1, 30], size=(n, 1))).astype(np.float32)
+    return Embeddings(words or [f"w{i}é" for i in range(n)], X)
+
+
+# --------------------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("name", ["e.vec", "e.txt", "e.vec.gz", "e.npy"])
+def test_roundtrip_exact(tmp_path, name):
+    emb = random_emb()
+    save_embeddings(tmp_path / name, emb)
+    back = load_embeddings(tmp_path / name)
+    assert back.words == emb.words
+    assert back.vectors.dtype == np.float32
+    np.testing.assert_array_equal(back.vectors, emb.vectors)  # shortest round-trip repr: exact
+    assert back.index == {w: i for i, w in enumerate(emb.words)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [name] + (["e.vocab"] if name.endswith(".npy") else []))  # no temporary left over
+
+
+def test_precision_and_header(tmp_path):
+    emb = random_emb(n=5, d=3)
+    save_embeddings(tmp_path / "p.vec", emb, precision=4)
+    text = (tmp_path / "p.vec").read_text()
+    assert text.splitlines()[0] == "5 3"
+    first = text.splitlines()[1].split()
+    assert first[0] == emb.words[0] and first[1] == "%.4g" % emb.vectors[0, 0]
+    back = load_embeddings(tmp_path / "p.vec")
+    np.testing.assert_allclose(back.vectors, emb.vectors, rtol=1e-3)
+
+
+def test_parser_matches_python_on_varied_number_formats(tmp_path):
+    rng = np.random.default_rng(1)
+    toks = []
+    for i in range(400):
+        v = rng.standard_normal() * 10.0 ** rng.integers(-8, 8)
+        fmt = ["%.9g", "%.3e", "%.5f", "%.1g", "%.17g", "%.0f"][i % 6]
+        toks.append(fmt % v)
+    toks += ["+0.5", "-0", ".5", "5.", "1e-50", "-1e-45", "3.4028234e38", "12345678901234567890123",
+             "0.000000000000000000000000000001234", "1E5", "-2.5E-3"]
+    d = 7
+    toks = toks[: len(toks) // d * d]
+    lines = [f"x{r} " + " ".join(toks[r * d:(r + 1) * d]) for r in range(len(toks) // d)]
+    text = "\n".join(lines) + "\n"
+    path = write(tmp_path / "f.vec", text)
+    words, X = py_parse(text)
+    emb = load_embeddings(path)
+    assert emb.words == words
+    np.testing.assert_array_equal(emb.vectors, X)
+
+
+def test_no_header_crlf_tabs_bom_blank_lines(tmp_path):
+    text = "\ufeffa 1 2 3\r\nb\t4\t5  6 \r\n\r\nc -1 -2 -3\n\n"
+    emb = load_embeddings(write(tmp_path / "x.txt", text))
+    assert emb.words == ["a", "b", "c"]
+    np.testing.assert_array_equal(emb.vectors, [[1, 2, 3], [4, 5, 6], [-1, -2, -3]])
+    assert emb.info["header"] is None
+
+
+def test_last_line_without_newline(tmp_path):
+    emb = load_embeddings(write(tmp_path / "x.vec", "2 2\na 1 2\nb 3 4"))
+    assert emb.words == ["a", "b"] and emb.vectors[1, 1] == 4
+
+
+def test_duplicates_keep_first_and_lower(tmp_path):
+    text = "4 2\nChat 1 1\nchien 2 2\nChat 3 3\nchat 4 4\n"
+    path = write(tmp_path / "d.vec", text)
+    emb = load_embeddings(path)
+    assert emb.words == ["Chat", "chien", "chat"] and emb.info["duplicates"] == 1
+    np.testing.assert_array_equal(emb["Chat"], [1, 1])
+    low = load_embeddings(path, lower=True)
+    assert low.words == ["chat", "chien"] and low.info["duplicates"] == 2
+    np.testing.assert_array_equal(low["chat"], [1, 1])
+
+
+def test_max_vocab_counts_distinct_words(tmp_path):
+    text = "6 1\na 1\na 2\nb 3\nA 4\nc 5\nd 6\n"
+    path = write(tmp_path / "m.vec", text)
+    emb = load_embeddings(path, max_vocab=3, lower=True)
+    assert emb.words == ["a", "b", "c"]
+    np.testing.assert_array_equal(emb.vectors[:, 0], [1, 3, 5])
+    assert load_embeddings(path, max_vocab=100).words == ["a", "b", "A", "c", "d"]
+
+
+def test_gzip_pieces_match_whole_file(tmp_path, monkeypatch):
+    emb = random_emb(n=301, d=5, seed=3)
+    save_embeddings(tmp_path / "g.vec.gz", emb)
+    whole = load_embeddings(tmp_path / "g.vec.gz")
+    monkeypatch.setattr(bio, "_GZ_PIECE", 97)  # pieces cut inside lines and inside the header
+    for mv in (1, 150, 301, 1000):
+        part = load_embeddings(tmp_path / "g.vec.gz", max_vocab=mv)
+        n = min(mv, 301)
+        assert part.words == whole.words[:n]
+        np.testing.assert_array_equal(part.vectors, whole.vectors[:n])
+
+
+def test_shared_french_head_matches_python(shared_data):
+    with gzip.open(shared_data / "bli" / "fr.vec.gz", "rt", encoding="utf-8") as f:
+        head = [next(f) for _ in range(301)]
+    words, X = py_parse("".join(head))
+    emb = load_embeddings(shared_data / "bli" / "fr.vec.gz", max_vocab=300)
+    assert emb.words == words and emb.dim == 300
+    np.testing.assert_array_equal(emb.vectors, X)
+
+
+# --------------------------------------------------------------------------- malformed files
+
+BAD = [
+    ("3 2\na 1 2\nb 1\nc 1 2\n", 3, "expected 2 values after the word, found 1"),
+    ("3 2\na 1 2\nb 1 2 3\nc 1 2\n", 3, "expected 2 values after the word, found 3"),
+    ("3 2\na 1 2\nb 1 x2\n", 3, "not a number: 'x2'"),
+    ("3 2\na 1 2\nb 1 2.5.1\n", 3, "not a number"),
+    ("3 2\na 1 2\nb 1 nan\n", 3, "non-finite"),
+    ("3 2\na 1 2\nb inf 1\n", 3, "non-finite"),
+    ("3 2\na 1 2\nb 1 -Infinity\n", 3, "non-finite"),
+    ("3 2\na 1 2\nb 1 1e39\n", 3, "out of float32 range"),
+    ("3 2\na 1 2\n 1 2\n", 3, "empty word"),
+    ("3 2\na 1 2\nb\n", 3, "no values after the word"),
+    ("a 1 2\nb 3 4\nc 5 6\nd 1\n", 4, "expected 2 values"),
+    ("a 1\nb 3 4\nc 5 6\nd 1 2\n", 1, "expected 2 values"),  # the first line is the odd one
+]
+
+
+@pytest.mark.parametrize("text,line,what", BAD)
+def test_malformed_line_names_file_and_line(tmp_path, text, line, what):
+    path = write(tmp_path / "bad.vec", text)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: ") + ".*" + re.escape(what)):
+        load_embeddings(path)
+
+
+@pytest.mark.parametrize("text,line,what", BAD[:8])
+def test_malformed_gz_names_line(tmp_path, text, line, what):
+    path = tmp_path / "bad.vec.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: ")):
+        load_embeddings(path)
+
+
+def test_invalid_utf8_word(tmp_path):
+    path = write(tmp_path / "u.vec", b"2 1\nok 1\nb\xffad 2\n", mode="wb")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: word is not valid UTF-8")):
+        load_embeddings(path)
+    with pytest.warns(UserWarning, match="skipped 1 malformed"):
+        emb = load_embeddings(path, errors="skip")
+    assert emb.words == ["ok"]
+
+
+def test_errors_skip_counts_and_warns(tmp_path):
+    text = "5 2\na 1 2\nb 1\nc nan 1\nd 3 4\ne 5 6 7\n"
+    path = write(tmp_path / "s.vec", text)
+    with pytest.warns(UserWarning, match=re.escape(f"skipped 3 malformed line(s); first: {path}:3:")):
+        emb = load_embeddings(path, errors="skip")
+    assert emb.words == ["a", "d"] and emb.info["skipped"] == 3
+    np.testing.assert_array_equal(emb.vectors, [[1, 2], [3, 4]])
+
+
+def test_bad_arguments_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.vec"):
+        load_embeddings(tmp_path / "nope.vec")
+    with pytest.raises(ValueError, match="errors"):
+        load_embeddings(write(tmp_path / "a.vec", "a 1\n"), errors="ignore")
+    with pytest.raises(ValueError, match="max_vocab"):
+        load_embeddings(tmp_path / "a.vec", max_vocab=0)
+    with pytest.raises(ValueError, match="empty file"):
+        load_embeddings(write(tmp_path / "e.vec", ""))
+    with pytest.raises(ValueError, match="no word vectors"):
+        load_embeddings(write(tmp_path / "h.vec", "0 300\n"))
+    with pytest.raises(ValueError, match="cannot decompress"):
+        load_embeddings(write(tmp_path / "x.vec.gz", "not gzip"))
+
+
+def test_header_count_mismatch_warns(tmp_path):
+    with pytest.warns(UserWarning, match="header announces 5 words, the file has 2"):
+        emb = load_embeddings(write(tmp_path / "h.vec", "5 1\na 1\nb 2\n"))
+    assert len(emb) == 2
+
+
+def test_npy_vocab_errors(tmp_path):
+    np.save(tmp_path / "m.npy", np.ones((3, 2), np.float32))
+    with pytest.raises(FileNotFoundError, match="m.vocab"):
+        load_embeddings(tmp_path / "m.npy")
+    write(tmp_path / "m.vocab", "a\nb\n")
+    with pytest.raises(ValueError, match="2 words but .* 3 rows"):
+        load_embeddings(tmp_path / "m.npy")
+    X = np.ones((3, 2), np.float32)
+    X[1, 0] = np.nan
+    np.save(tmp_path / "m.npy", X)
+    write(tmp_path / "m.vocab", "a\nb\nc\n")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'm.vocab'}:2: ") + ".*NaN/inf"):
+        load_embeddings(tmp_path / "m.npy")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        assert load_embeddings(tmp_path / "m.npy", errors="skip").words == ["a", "c"]
+
+
+def test_fasttext_bin_needs_the_extra(tmp_path):
+    try:
+        import fasttext  # noqa: F401
+        pytest.skip("fasttext is installed: the missing-extra message cannot be seen")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match=re.escape("pip install pyzsl[fasttext]")):
+        load_embeddings(write(tmp_path / "m.bin", "x"))
+
+
+def test_fasttext_bin_with_a_stand_in_module(tmp_path, monkeypatch):
+    import types
+
+    vecs = {"Chat": [1.0, 2.0], "chien": [3.0, 4.0], "chat": [5.0, 6.0]}
+
+    class Model:
+        def get_words(self, on_unicode_error="strict"):
+            return list(vecs)
+
+        def get_dimension(self):
+            return 2
+
+        def get_word_vector(self, w):
+            return np.array(vecs[w], np.float32)
+
+    fake = types.SimpleNamespace(load_model=lambda p: Model())
+    monkeypatch.setitem(__import__("sys").modules, "fasttext", fake)
+    path = write(tmp_path / "m.bin", "x")
+    emb = load_embeddings(path)
+    assert emb.words == ["Chat", "chien", "chat"] and emb.vectors.tolist()[2] == [5, 6]
+    low = load_embeddings(path, lower=True, max_vocab=2)
+    assert low.words == ["chat", "chien"] and low.vectors.tolist()[0] == [1, 2]
+
+
+# --------------------------------------------------------------------------- atomic saving
+
+def test_failed_save_leaves_nothing_and_keeps_old_file(tmp_path):
+    good = random_emb(n=4, d=2)
+    save_embeddings(tmp_path / "o.vec", good)
+    before = (tmp_path / "o.vec").read_bytes()
+    bad = Embeddings(["a", "b c"], np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="'b c'.*whitespace"):
+        save_embeddings(tmp_path / "o.vec", bad)
+    nan = Embeddings(["a", "b"], np.array([[1, 2], [np.inf, 0]], np.float32))
+    for name in ("o.vec", "o.npy", "n.vec.gz"):
+        with pytest.raises(ValueError, match="'b' \\(row 1\\).*NaN/inf"):
+            save_embeddings(tmp_path / name, nan)
+    assert (tmp_path / "o.vec").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.vec"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_embeddings(tmp_path / "missing" / "x.vec", good)
+
+
+def test_embeddings_validation():
+    with pytest.raises(ValueError, match="duplicate word 'a'"):
+        Embeddings(["a", "a"], np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="2 words but 3 vectors"):
+        Embeddings(["a", "b"], np.zeros((3, 2)))
+    e = Embeddings(["a", "b", "c"], np.arange(6).reshape(3, 2))
+    assert e.vectors.dtype == np.float32 and e.head(2).words == ["a", "b"]
+    assert e.subset(["c", "a"]).vectors.tolist() == [[4, 5], [0, 1]]
+    with pytest.raises(KeyError, match="zz"):
+        e.subset(["zz"])
+
+
+# --------------------------------------------------------------------------- dictionaries
+
+def test_dictionary_formats_and_oov_report(tmp_path):
+    path = write(tmp_path / "d.txt", "chat kissa\nchat kisu\nchien\tkoira\n\nmaison talo\nchat kissa\nzzz yyy\n")
+    d = load_dictionary(path)
+    assert d.pairs == [("chat", "kissa"), ("chat", "kisu"), ("chien", "koira"), ("maison", "talo"),
+                       ("zzz", "yyy")]
+    assert d.translations()["chat"] == ["kissa", "kisu"] and d.source_words_total == 4
+    r = load_dictionary(path, src=["chat", "chien", "maison"], tgt={"kissa": 0, "koira": 1})
+    assert r.pairs == [("chat", "kissa"), ("chien", "koira")]
+    assert r.dropped == {"pairs": 3, "src_oov": 1, "tgt_oov": 3}
+    assert r.source_words_total == 4
+    assert r.indices(["chat", "chien"], ["koira", "kissa"]).tolist() == [[0, 1], [1, 0]]
+    assert d.head(1).pairs == [("chat", "kissa"), ("chat", "kisu")]
+
+
+@pytest.mark.parametrize("text,line", [("a b\nc\n", 2), ("a b\nc d e\n", 2), ("a\tb\tc\n", 1),
+                                        ("x y\n\na\t\tb\n", 3)])
+def test_dictionary_malformed_line(tmp_path, text, line):
+    path = write(tmp_path / "bad.txt", text)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: expected 'source target'")):
+        load_dictionary(path)
+
+
+def test_dictionary_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dictionary file not found"):
+        load_dictionary(tmp_path / "none.txt")
+    with pytest.raises(ValueError, match="no word pairs"):
+        load_dictionary(write(tmp_path / "e.txt", "\n\n"))
+    with pytest.raises(ValueError, match="none of its 1 pairs"):
+        load_dictionary(write(tmp_path / "o.txt", "a b\n"), src=["x"], tgt=["y"])
+    path = write(tmp_path / "u.txt", b"a b\nc \xff\n", mode="wb")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: not valid UTF-8")):
+        load_dictionary(path)
+
+
+def test_seeds():
+    src = ["le", "2019", "paris", "chat", "42"]
+    tgt = ["paris", "42", "kissa", "2019", "le"]
+    assert identical_seed(src, tgt).pairs == [("le", "le"), ("2019", "2019"), ("paris", "paris"), ("42", "42")]
+    assert numeral_seed(src, tgt).pairs == [("2019", "2019"), ("42", "42")]
+    with pytest.raises(ValueError, match="share no identical numerals"):
+        numeral_seed(["a"], ["a"])
+    assert isinstance(identical_seed(src, tgt), Dictionary)
+    assert identical_seed(src, tgt).indices(src, tgt).tolist() == [[0, 4], [1, 3], [2, 0], [4, 1]]

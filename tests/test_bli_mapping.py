@@ -1,0 +1,314 @@
+"""pyzsl.bli mapping methods: normalize, procrustes (+ VecMap steps), rcsls, self_learning."""
+import math
+
+import pytest
+import torch
+
+from pyzsl.bli.normalize import normalize
+from pyzsl.bli.procrustes import VECMAP_SUPERVISED, LinearMap, orthogonal_procrustes, procrustes
+from pyzsl.bli.rcsls import rcsls, rcsls_objective
+from pyzsl.bli.self_learning import (_best_excluded_bound, induce_dictionary, self_learning,
+                                     unsupervised_seed)
+
+
+def _rotation(d, g, dtype=torch.float64):
+    Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=dtype))
+    return Q * torch.sign(torch.diagonal(R))
+
+
+def _isometric_pair(n, d, noise, seed, dtype=torch.float32):
+    """X (n × d, normalised), Z = rows of X Q permuted (+ noise), and the true pairs."""
+    g = torch.Generator().manual_seed(seed)
+    X = normalize(torch.randn(n, d, generator=g, dtype=torch.float64))
+    Q = _rotation(d, g)
+    perm = torch.randperm(n, generator=g)  # source i ↦ target row inv[i]
+    Z = (X @ Q)[perm] + noise * torch.randn(n, d, generator=g, dtype=torch.float64)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n)
+    truth = torch.stack([torch.arange(n), inv], 1)
+    return X.to(dtype), normalize(Z, "unit").to(dtype), Q, truth
+
+
+# ---------------------------------------------------------------------------- normalize
+def test_normalize_steps():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 7, generator=g, dtype=torch.float64) * 3 + 1
+    X0 = X.clone()
+    U = normalize(X, "unit")
+    torch.testing.assert_close(U.norm(dim=1), torch.ones(50, dtype=torch.float64))
+    C = normalize(X, "center")
+    torch.testing.assert_close(C.mean(0), torch.zeros(7, dtype=torch.float64), atol=1e-12, rtol=0)
+    D = normalize(X, ["unitdim"])
+    torch.testing.assert_close(D.norm(dim=0), torch.ones(7, dtype=torch.float64))
+    E = normalize(X, "centeremb")
+    torch.testing.assert_close(E.mean(1), torch.zeros(50, dtype=torch.float64), atol=1e-12, rtol=0)
+    UCU = normalize(X)  # default unit,center,unit
+    torch.testing.assert_close(UCU, normalize(normalize(normalize(X, "unit"), "center"), "unit"))
+    torch.testing.assert_close(normalize(X, "none"), X)
+    torch.testing.assert_close(X, X0)  # the input is not modified
+    # zero rows stay zero
+    Xz = X.clone()
+    Xz[3] = 0
+    assert normalize(Xz, "unit")[3].abs().max() == 0
+
+
+def test_normalize_bad_inputs():
+    X = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="unknown step.*'renorm'"):
+        normalize(X, "unit,renorm")
+    Xn = X.clone()
+    Xn[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf.*row 2"):
+        normalize(Xn)
+    with pytest.raises(ValueError, match="2-D"):
+        normalize(torch.randn(3))
+    with pytest.raises(TypeError, match="floating"):
+        normalize(torch.ones(3, 3, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------------------- procrustes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_procrustes_recovers_rotation(dtype):
+    X, Z, Q, truth = _isometric_pair(200, 16, 0.0, seed=1, dtype=dtype)
+    m = procrustes(X, Z, truth[:40])  # 40 pairs in 16 dims determine Q
+    assert m.tgt is None and m.src.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(m.src.double(), Q, atol=tol, rtol=0)
+    assert m.is_orthogonal()
+    # all source words land exactly on their targets
+    torch.testing.assert_close(m.map_src(X)[truth[:, 0]], m.map_tgt(Z)[truth[:, 1]], atol=10 * tol, rtol=0)
+    # pairs=None: already aligned rows
+    torch.testing.assert_close(procrustes(X[truth[:40, 0]], Z[truth[:40, 1]]).src, m.src)
+
+
+def test_orthogonal_procrustes_rectangular():
+    g = torch.Generator().manual_seed(2)
+    A = torch.linalg.qr(torch.randn(30, 6, generator=g, dtype=torch.float64))[0]  # A^T A = I
+    Q = _rotation(6, g)[:, :4]  # 6 → 4 dims, orthonormal columns
+    W = orthogonal_procrustes(A, A @ Q)
+    torch.testing.assert_close(W, Q, atol=1e-10, rtol=0)
+
+
+def test_vecmap_steps_on_an_isometry():
+    # with Z an exact rotation of X, whitening + re-weighting + de-whitening must map both
+    # spaces onto the same points (Artetxe et al., 2018 AAAI, every step is symmetric)
+    X, Z, _, truth = _isometric_pair(300, 12, 0.0, seed=3, dtype=torch.float64)
+    m = procrustes(X, Z, truth, **VECMAP_SUPERVISED)
+    assert m.tgt is not None
+    torch.testing.assert_close(m.map_src(X)[truth[:, 0]], m.map_tgt(Z)[truth[:, 1]], atol=1e-8, rtol=0)
+    m5 = procrustes(X, Z, truth, whiten=True, dim=5)
+    assert m5.dim == 5
+    torch.testing.assert_close(m5.map_src(X)[truth[:, 0]], m5.map_tgt(Z)[truth[:, 1]], atol=1e-8, rtol=0)
+    # on noisy data the whitened map differs from the orthogonal one
+    Xn, Zn, _, tn = _isometric_pair(300, 12, 0.3, seed=3, dtype=torch.float64)
+    assert not torch.allclose(procrustes(Xn, Zn, tn, whiten=True).src, procrustes(Xn, Zn, tn).src, atol=1e-3)
+
+
+def test_linear_map_state_roundtrip():
+    m = LinearMap(torch.randn(4, 3), torch.randn(5, 3))
+    m2 = LinearMap.from_state_dict(m.state_dict())
+    torch.testing.assert_close(m2.src, m.src)
+    torch.testing.assert_close(m2.tgt, m.tgt)
+    assert LinearMap.from_state_dict(LinearMap(torch.eye(3)).state_dict()).tgt is None
+
+
+def test_procrustes_bad_inputs():
+    X, Z = torch.randn(10, 4), torch.randn(12, 4)
+    with pytest.raises(IndexError, match="target index 12 out of range"):
+        procrustes(X, Z, torch.tensor([[0, 1], [2, 12]]))
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        procrustes(X, Z, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="empty"):
+        procrustes(X, Z, torch.zeros(0, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        procrustes(X, Z, torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="same rows"):
+        procrustes(X, Z)
+    with pytest.raises(ValueError, match="needs whiten=True"):
+        procrustes(X, Z, torch.tensor([[0, 1]]), src_dewhiten="src")
+    with pytest.raises(ValueError, match="src_dewhiten must be"):
+        procrustes(X, Z, torch.tensor([[0, 1]]), whiten=True, src_dewhiten="both")
+    with pytest.raises(ValueError, match="map_src: X has 5 columns"):
+        LinearMap(torch.eye(4)).map_src(torch.randn(2, 5))
+    with pytest.warns(UserWarning, match="singular"):
+        procrustes(X, Z, torch.tensor([[0, 1], [1, 2]]), whiten=True)
+
+
+# ---------------------------------------------------------------------------- induction
+def _dense_induction(xw, zw, knn):
+    S = xw @ zw.T
+    rs = S.topk(knn, 1).values.mean(1)
+    rt = S.topk(knn, 0).values.mean(0)
+    C = 2 * S - rs[:, None] - rt[None, :]
+    n, m = S.shape
+    fwd = torch.stack([torch.arange(n), C.argmax(1)], 1)
+    bwd = torch.stack([C.argmax(0), torch.arange(m)], 1)
+    obj = (C.max(1).values.mean() + C.max(0).values.mean()) / 2
+    return torch.cat([fwd, bwd]), float(obj)
+
+
+@pytest.mark.parametrize("n,m,cand,knn", [(120, 97, 1, 1), (120, 97, 4, 3), (61, 150, 11, 3), (40, 40, 64, 3)])
+def test_induction_is_exact_csls(n, m, cand, knn):
+    g = torch.Generator().manual_seed(n + m)
+    xw = normalize(torch.randn(n, 8, generator=g, dtype=torch.float64))
+    zw = normalize(torch.randn(m, 8, generator=g, dtype=torch.float64))
+    ind = induce_dictionary(xw, zw, csls_knn=knn, n_candidates=cand, backend="torch")
+    ref, obj = _dense_induction(xw, zw, knn)
+    assert torch.equal(ind.best_pairs, ref)
+    assert torch.equal(ind.pairs, ref)
+    assert math.isclose(ind.objective, obj, rel_tol=1e-9)
+    if cand == 1:
+        assert ind.exact_fallback > 0  # the certificate rejected some rows: the fallback was exercised
+
+
+def test_excluded_bound_matches_brute_force():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.rand(9, generator=g), torch.rand(13, generator=g)
+    rr, rc = torch.rand(9, generator=g), torch.rand(13, generator=g)
+    brute = (2 * torch.minimum(a[:, None], b[None, :]) - rr[:, None] - rc[None, :]).max(1).values
+    torch.testing.assert_close(_best_excluded_bound(a, b, rr, rc), brute)
+
+
+def test_stochastic_induction_changes_the_dictionary():
+    X, Z, _, truth = _isometric_pair(200, 8, 0.2, seed=6, dtype=torch.float64)
+    full = induce_dictionary(X, Z, csls_knn=5, keep_prob=1.0, backend="torch")
+    drop = induce_dictionary(X, Z, csls_knn=5, keep_prob=0.2, backend="torch",
+                             generator=torch.Generator().manual_seed(0))
+    assert torch.equal(drop.best_pairs, full.best_pairs)  # the objective's pairs stay exact
+    assert drop.objective == full.objective
+    assert not torch.equal(drop.pairs, full.pairs)
+
+
+# ---------------------------------------------------------------------------- self-learning
+def test_self_learning_recovers_permutation_from_few_seeds():
+    X, Z, _, truth = _isometric_pair(400, 10, 0.02, seed=7)
+    seed = truth[:6]  # 6 pairs in 10 dims: Procrustes alone is underdetermined
+    p0 = procrustes(X, Z, seed)
+    acc0 = float((p0.map_src(X) @ Z.T).argmax(1).eq(truth[:, 1]).float().mean())
+    res = self_learning(X, Z, seed, csls_knn=5, progress=False, backend="torch", max_iter=30)
+    fwd = res.dictionary[: X.shape[0]]
+    assert torch.equal(fwd[:, 0], torch.arange(X.shape[0]))
+    acc = float(fwd[:, 1].eq(truth[:, 1]).float().mean())
+    assert acc0 < 0.5 and acc == 1.0, (acc0, acc)
+    assert res.converged and res.history[-1]["keep_prob"] == 1.0
+    assert res.objective == max(h["objective"] for h in res.history)
+
+
+def test_self_learning_unsupervised_recovers_permutation():
+    X, Z, _, truth = _isometric_pair(300, 10, 0.0, seed=8)
+    seed = unsupervised_seed(X, Z, vocab=300, csls_knn=5)
+    assert seed.shape == (600, 2)
+    res = self_learning(X, Z, "unsupervised", csls_knn=5, progress=False, backend="torch",
+                        unsupervised_vocab=300, max_iter=40)
+    fwd = res.dictionary[:300]
+    assert float(fwd[:, 1].eq(truth[:, 1]).float().mean()) == 1.0
+    assert res.history[0]["keep_prob"] == 0.1
+
+
+def test_self_learning_seeds_from_words():
+    X, Z, _, truth = _isometric_pair(50, 4, 0.0, seed=9)
+    src = [f"w{i}" for i in range(50)]
+    tgt = [f"v{i}" for i in range(50)]
+    for i in range(5):  # five true pairs spelled the same
+        s, t = truth[i].tolist()
+        tgt[t] = src[s]
+    res = self_learning(X, Z, "identical", src_words=src, tgt_words=tgt, progress=False,
+                        backend="torch", csls_knn=3, max_iter=5)
+    assert torch.equal(res.seed, truth[:5])
+    with pytest.raises(ValueError, match="share no identical numerals"):
+        self_learning(X, Z, "numerals", src_words=src, tgt_words=tgt, progress=False)
+
+
+def test_self_learning_bad_inputs():
+    X, Z = torch.randn(10, 4), torch.randn(12, 4)
+    with pytest.raises(ValueError, match="seed is required"):
+        self_learning(X, Z, None)
+    with pytest.raises(ValueError, match="unknown seed 'random'"):
+        self_learning(X, Z, "random")
+    with pytest.raises(ValueError, match="needs src_words and tgt_words"):
+        self_learning(X, Z, "identical")
+    with pytest.raises(IndexError, match="seed: source index 10"):
+        self_learning(X, Z, torch.tensor([[10, 0]]))
+    with pytest.raises(ValueError, match="X has 4 dims, Z has 5"):
+        self_learning(X, torch.randn(12, 5), torch.tensor([[0, 0]]))
+    with pytest.raises(ValueError, match="keep_prob"):
+        self_learning(X, Z, torch.tensor([[0, 0]]), keep_prob=0.0)
+    with pytest.raises(ValueError, match="direction"):
+        self_learning(X, Z, torch.tensor([[0, 0]]), direction="both")
+
+
+# ---------------------------------------------------------------------------- RCSLS
+def _dense_rcsls(Xd, Yd, Zs, Zt, W, k):
+    XW = Xd @ W
+    f_t = (XW @ Zt.T).topk(k, 1).values.mean(1)
+    f_s = (Yd @ (Zs @ W).T).topk(k, 1).values.mean(1)
+    return (2 * (XW * Yd).sum(1) - f_t - f_s).mean()
+
+
+def test_rcsls_objective_and_gradient_match_autograd():
+    X, Z, _, truth = _isometric_pair(60, 5, 0.3, seed=10, dtype=torch.float64)
+    W = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    Xd, Yd = X[truth[:20, 0]], Z[truth[:20, 1]]
+    f_ref = _dense_rcsls(Xd, Yd, X, Z, W, 4)
+    f_ref.backward()
+    f, g = rcsls_objective(Xd, Yd, X, Z, W.detach(), 4, backend="torch", grad=True)
+    assert math.isclose(f, float(f_ref.detach()), rel_tol=1e-10)
+    torch.testing.assert_close(g, W.grad, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("constraint", [None, "spectral", "orthogonal"])
+def test_rcsls_does_not_decrease_the_criterion(constraint):
+    X, Z, _, truth = _isometric_pair(300, 12, 0.4, seed=11)
+    res = rcsls(X, Z, truth[:120], knn=5, n_iter=15, lr=1.0, constraint=constraint,
+                progress=False, backend="torch")
+    objs = [h["objective"] for h in res.history]
+    assert all(b >= a for a, b in zip(objs, objs[1:]))
+    assert res.objective == objs[-1]
+    p0 = procrustes(X, Z, truth[:120]).src
+    Xd, Yd = X[truth[:120, 0]], Z[truth[:120, 1]]
+    assert math.isclose(objs[0], float(_dense_rcsls(Xd, Yd, X, Z, p0, 5)), rel_tol=1e-5)
+    if constraint == "orthogonal":
+        assert res.mapping.is_orthogonal()
+    else:
+        assert res.objective > objs[0] + 1e-3  # it does train
+    if constraint == "spectral":
+        assert torch.linalg.svdvals(res.mapping.src.double()).max() <= 1 + 1e-5
+
+
+def test_rcsls_bad_inputs():
+    X, Z = torch.randn(10, 4), torch.randn(12, 4)
+    p = torch.tensor([[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match="constraint"):
+        rcsls(X, Z, p, constraint="unitary", progress=False)
+    with pytest.raises(ValueError, match="knn must be a positive int"):
+        rcsls(X, Z, p, knn=0, progress=False)
+    with pytest.raises(ValueError, match="init map has shape"):
+        rcsls(X, Z, p, init=torch.eye(3), progress=False)
+    with pytest.raises(ValueError, match="LinearMap.tgt=None"):
+        rcsls(X, Z, p, init=LinearMap(torch.eye(4), torch.eye(4)), progress=False)
+    with pytest.raises(IndexError, match="source index 10"):
+        rcsls(X, Z, torch.tensor([[10, 1]]), progress=False)
+
+
+# ---------------------------------------------------------------------------- shared data
+def test_procrustes_on_shared_slice(shared_data):
+    """A few-second check on the real fr→fi data: first 3000 words of each side."""
+    from pyzsl.bli.dictionary import load_dictionary
+    from pyzsl.bli.io import load_embeddings
+    from pyzsl.bli import retrieval
+
+    d = shared_data / "bli"
+    fr = load_embeddings(d / "fr.vec.gz", max_vocab=3000)
+    fi = load_embeddings(d / "fi.vec.gz", max_vocab=3000)
+    X = normalize(torch.from_numpy(fr.vectors))
+    Z = normalize(torch.from_numpy(fi.vectors))
+    train = torch.as_tensor(load_dictionary(d / "fr-fi.train.txt", fr, fi).indices(fr, fi))
+    test = load_dictionary(d / "fr-fi.test.txt", fr, fi)
+    m = procrustes(X, Z, train)
+    gold = test.translations()
+    words = list(gold)
+    _, idx = retrieval.csls(m.map_src(X)[[fr.index[w] for w in words]], Z, 1, src=m.map_src(X))
+    hits = sum(fi.words[j] in gold[w] for w, j in zip(words, idx[:, 0].tolist()))
+    p1 = hits / len(words)
+    # a random map gets ~0; the full-size bar is 0.4847
+    assert len(words) > 100 and p1 > 0.35, (len(words), p1)

@@ -1,0 +1,210 @@
+"""pyzsl.bli.retrieval (NN, CSLS, inverted softmax on every backend) and pyzsl.bli.evaluate."""
+import numpy as np
+import pytest
+import torch
+
+from pyzsl.bli import retrieval as R
+from pyzsl.bli.dictionary import Dictionary
+from pyzsl.bli.evaluate import evaluate, evaluate_all
+from pyzsl.bli.io import Embeddings
+from pyzsl.ops import _reference
+
+try:
+    import faiss  # noqa: F401
+    HAVE_FAISS = True
+except ImportError:
+    HAVE_FAISS = False
+
+BACKENDS = ["pyzsl", "torch", pytest.param("faiss", marks=pytest.mark.skipif(
+    not HAVE_FAISS, reason="faiss not installed (pip install pyzsl[faiss])"))]
+
+
+def check_knn_with_draws(v, i, v_ref, i_ref, atol):
+    """faiss's contrib.evaluation.check_ref_knn_with_draws: equal values; where the ids differ,
+    the sets of ids at each tied value are equal (except at the k-th boundary, where any
+    subset of the tied ids is allowed)."""
+    v, i, v_ref, i_ref = (x.cpu().numpy() for x in (v, i, v_ref, i_ref))
+    np.testing.assert_allclose(v, v_ref, atol=atol, rtol=0)
+    for row in range(v.shape[0]):
+        if (i[row] == i_ref[row]).all():
+            continue
+        vals = v_ref[row]
+        kth = vals[-1]
+        for val in np.unique(vals):
+            sel = np.abs(vals - val) <= atol
+            a, b = set(i[row][sel]), set(i_ref[row][sel])
+            if abs(val - kth) <= atol:  # boundary ties may pick other ids of equal value
+                assert len(a) == len(b)
+            else:
+                assert a == b, f"row {row}: ids {a} vs {b} at value {val}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,C,d,k", [(1, 1, 3, 1), (7, 13, 5, 4), (37, 101, 16, 10), (64, 257, 8, 7)])
+def test_topk_matches_reference(backend, B, C, d, k, device):
+    g = torch.Generator().manual_seed(B * C)
+    Q = torch.randn(B, d, generator=g).to(device)
+    T = torch.randn(C, d, generator=g).to(device)
+    bias = torch.randn(C, generator=g).to(device)
+    for b in (None, bias):
+        v, i = R.topk(Q, T, k, b, backend=backend)
+        v_ref, i_ref = _reference.bilinear_topk(Q, None, T, k, class_bias=b)
+        assert v.shape == (B, k) and i.dtype == torch.int64
+        check_knn_with_draws(v, i, v_ref, i_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_topk_ties(backend, device):
+    # integer vectors: many exactly equal scores
+    g = torch.Generator().manual_seed(0)
+    Q = torch.randint(-1, 2, (29, 4), generator=g).float().to(device)
+    T = torch.randint(-1, 2, (53, 4), generator=g).float().to(device)
+    v, i = R.topk(Q, T, 6, backend=backend)
+    v_ref, i_ref = _reference.bilinear_topk(Q, None, T, 6)
+    check_knn_with_draws(v, i, v_ref, i_ref, atol=0)
+    # inside the returned list, equal values are ordered by increasing index
+    vv, ii = v.cpu().numpy(), i.cpu().numpy()
+    for r in range(vv.shape[0]):
+        for a in range(5):
+            if vv[r, a] == vv[r, a + 1]:
+                assert ii[r, a] < ii[r, a + 1]
+    if backend == "pyzsl":  # the kernel follows the reference's rule exactly
+        assert torch.equal(i, i_ref)
+
+
+def test_topk_float64_exact(device):
+    if device.type == "cuda":
+        pytest.skip("the kernel takes float32 on CUDA")
+    g = torch.Generator().manual_seed(1)
+    Q, T = torch.randn(19, 6, generator=g, dtype=torch.float64), torch.randn(31, 6, generator=g, dtype=torch.float64)
+    v, i = R.topk(Q, T, 5, backend="pyzsl")
+    v_ref, i_ref = _reference.bilinear_topk(Q, None, T, 5)
+    assert torch.equal(i, i_ref)
+    torch.testing.assert_close(v, v_ref, atol=1e-12, rtol=0)
+
+
+def dense_isf(Q, T, S, beta):
+    Q, T, S = R.unit(Q), R.unit(T), R.unit(S)
+    lse = torch.logsumexp(beta * (T @ S.T), dim=1)
+    return beta * (Q @ T.T) - lse[None, :]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_src", [False, True])
+def test_csls_and_isf_match_dense(backend, with_src, device):
+    g = torch.Generator().manual_seed(2)
+    dtype = torch.float32 if backend == "faiss" or device.type == "cuda" else torch.float64
+    Q = torch.randn(23, 12, generator=g, dtype=dtype).to(device)
+    T = torch.randn(41, 12, generator=g, dtype=dtype).to(device)
+    S = torch.randn(59, 12, generator=g, dtype=dtype).to(device) if with_src else None
+    src = S if with_src else Q
+    atol = 1e-4 if dtype == torch.float32 else 1e-10
+    dense = R._dense_csls(Q, T, src, knn=5)
+    v, i = R.csls(Q, T, k=4, knn=5, src=S, backend=backend)
+    v_ref, i_ref = dense.sort(dim=1, descending=True, stable=True)
+    check_knn_with_draws(v, i, v_ref[:, :4], i_ref[:, :4], atol=atol)
+    dense = dense_isf(Q, T, src, beta=7.0)
+    v, i = R.inverted_softmax(Q, T, k=4, beta=7.0, src=S, backend=backend)
+    v_ref, i_ref = dense.sort(dim=1, descending=True, stable=True)
+    check_knn_with_draws(v, i, v_ref[:, :4], i_ref[:, :4], atol=atol * 10)
+    v, i = R.nn(Q, T, k=3, backend=backend)
+    v_ref, i_ref = (R.unit(Q) @ R.unit(T).T).sort(dim=1, descending=True, stable=True)
+    check_knn_with_draws(v, i, v_ref[:, :3], i_ref[:, :3], atol=atol)
+
+
+def test_csls_changes_ranking_on_hubs():
+    # one target close to every query (a hub): NN picks it for all, CSLS demotes it
+    g = torch.Generator().manual_seed(3)
+    Q = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    T = torch.randn(30, 8, generator=g, dtype=torch.float64) * 0.3 + Q
+    hub = Q.mean(0, keepdim=True) * 5
+    T = torch.cat([T, hub])
+    _, i_nn = R.nn(Q, T, k=1)
+    _, i_cs = R.csls(Q, T, k=1, knn=3)
+    correct = torch.arange(30)
+    assert (i_cs[:, 0] == correct).sum() >= (i_nn[:, 0] == correct).sum()
+    assert (i_cs[:, 0] == 30).sum() <= (i_nn[:, 0] == 30).sum()
+
+
+def test_retriever_caches_and_matches_functions(device):
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(50, 10, generator=g, dtype=torch.float64).to(device)
+    Z = torch.randn(60, 10, generator=g, dtype=torch.float64).to(device)
+    if device.type == "cuda":
+        X, Z = X.float(), Z.float()
+    r = R.Retriever(X, Z, knn=4, beta=9.0)
+    rows = [3, 17, 0, 49]
+    for method, fn, kw in (("nn", R.nn, {}), ("csls", R.csls, dict(knn=4, src=X)),
+                           ("isf", R.inverted_softmax, dict(beta=9.0, src=X))):
+        v, i = r.search(rows, k=5, method=method)
+        v2, i2 = fn(X[rows], Z, 5, **kw)
+        assert torch.equal(i, i2)
+        torch.testing.assert_close(v, v2)
+    r_T = r.r_T
+    r.search(rows, k=2, method="csls")
+    assert r.r_T is r_T
+
+
+def test_argument_errors():
+    Q, T = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="backend"):
+        R.topk(Q, T, 1, backend="numpy")
+    with pytest.raises(ValueError, match="k: expected a positive int"):
+        R.topk(Q, T, 0)
+    with pytest.raises(ValueError, match="T: has 3 dims, the queries have 4"):
+        R.topk(Q, torch.randn(5, 3), 1)
+    with pytest.raises(ValueError, match="bias: expected 5 values"):
+        R.topk(Q, T, 1, torch.zeros(4))
+    with pytest.raises(ValueError, match="retrieval"):
+        R.retrieve(Q, T, 1, method="cosine")
+    with pytest.raises(ValueError, match="beta"):
+        R.inverted_softmax(Q, T, beta=0)
+    with pytest.raises(TypeError, match="floating point"):
+        R.nn(torch.ones(3, 4, dtype=torch.int64), T)
+    assert R.topk(Q, T, 99)[1].shape == (3, 5)  # k clipped to the number of targets
+    assert R.knn_mean(Q, T, knn=50).shape == (3,)
+
+
+def test_faiss_missing_message(monkeypatch):
+    if HAVE_FAISS:
+        pytest.skip("faiss is installed: the missing-extra message cannot be seen")
+    with pytest.raises(ImportError, match=r"pip install pyzsl\[faiss\]"):
+        R.topk(torch.randn(2, 3), torch.randn(4, 3), 1, backend="faiss")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def toy_spaces():
+    # targets t0..t5; each source word s_j sits next to target t_perm[j]
+    Z = torch.eye(6, dtype=torch.float64)
+    perm = [2, 0, 1, 5, 4, 3]
+    X = Z[perm] + 0.01 * torch.arange(6, dtype=torch.float64)[:, None]
+    src = Embeddings([f"s{j}" for j in range(6)], X.numpy())
+    tgt = Embeddings([f"t{j}" for j in range(6)], Z.numpy())
+    return src, tgt, perm
+
+
+def test_evaluate_muse_protocol_and_oov():
+    src, tgt, perm = toy_spaces()
+    pairs = [("s0", "t2"), ("s1", "t5"), ("s1", "t0"), ("s2", "t3"), ("s9", "t1"), ("s3", "t9")]
+    d = Dictionary(pairs)
+    res = evaluate(src, tgt, d, retrieval="nn", ks=(1, 5, 10))
+    # in-vocabulary queries: s0 (gold t2: right), s1 (t5 or t0: right, t0), s2 (gold t3, NN t1: wrong)
+    assert res["n_queries"] == 3 and res["n_source_words"] == 5
+    assert res["p@1"] == pytest.approx(2 / 3) and res["coverage"] == pytest.approx(3 / 5)
+    assert res["p@10"] == 1.0  # 6 targets: everything is within the top 10
+    wrong = evaluate(src, tgt, d, retrieval="nn", oov="wrong")
+    assert wrong["p@1"] == pytest.approx(2 / 5)
+    both = evaluate_all(src.vectors, tgt.vectors, d, ("nn", "csls", "isf"),
+                        src_words=src.words, tgt_words=tgt.words)
+    assert set(both) == {"nn", "csls", "isf"} and both["csls"]["p@1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="oov"):
+        evaluate(src, tgt, d, oov="count")
+    with pytest.raises(ValueError, match="src_words"):
+        evaluate(src.vectors, tgt, d)
+
+
+def test_evaluate_no_covered_word():
+    src, tgt, _ = toy_spaces()
+    res = evaluate(src, tgt, Dictionary([("x", "y")]))
+    assert res["n_queries"] == 0 and res["p@1"] == 0.0 and res["coverage"] == 0.0

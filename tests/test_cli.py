@@ -1,0 +1,177 @@
+"""The command line (pyzsl.cli.main) on tiny generated files, on the default data, and on bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyzsl.bli import Alignment, align
+from pyzsl.bli.io import Embeddings, save_embeddings
+from pyzsl.cli import main
+
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """Target = rotated source + small noise; words s_i ↔ t_i (and a few identical strings)."""
+    rng = np.random.default_rng(0)
+    n, d = 80, 12
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    Qm, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    Z = (X @ Qm + 0.01 * rng.standard_normal((n, d))).astype(np.float32)
+    sw = [f"s{i}" for i in range(n)]
+    tw = [f"t{i}" for i in range(n)]
+    for i in range(0, n, 4):  # shared strings for --seed identical
+        sw[i] = tw[i] = f"w{i}"
+    save_embeddings(tmp_path / "src.vec", Embeddings(sw, X))
+    save_embeddings(tmp_path / "tgt.vec.gz", Embeddings(tw, Z))
+    (tmp_path / "train.txt").write_text("".join(f"{sw[i]} {tw[i]}\n" for i in range(50)))
+    (tmp_path / "test.txt").write_text("".join(f"{sw[i]}\t{tw[i]}\n" for i in range(50, n))
+                                       + "unknownword t1\n")
+    return tmp_path
+
+
+def run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_align_all_outputs(toy, capsys):
+    p = toy
+    rc, out, err = run(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt",
+                        "--test-dict", p / "test.txt", "--retrieval", "isf", "--report", p / "r.json",
+                        "--out-lexicon", p / "lex.tsv", "--lexicon-k", "2", "--save-mapping", p / "W.npy",
+                        "--save-aligned", p / "al.vec", "--save-alignment", p / "a.npz", "-q"], capsys)
+    assert rc == 0, err
+    assert "CSLS" in out and "NN" in out and "ISF" in out and "P@10" in out
+    rep = json.loads((p / "r.json").read_text())
+    for r in ("nn", "csls", "isf"):
+        assert rep["results"][r]["p@1"] == 1.0
+        assert rep["results"][r]["n_queries"] == 30 and rep["results"][r]["n_source_words"] == 31
+    assert rep["alignment"]["train_dict"]["pairs"] == 50
+    lex = (p / "lex.tsv").read_text().splitlines()
+    assert len(lex) == 160 and lex[2].split("\t")[:2] == ["s1", "t1"]
+    W = np.load(p / "W.npy")
+    assert W.shape == (12, 12) and np.allclose(W.T @ W, np.eye(12), atol=1e-4)
+    assert (p / "al.vec").exists() and (p / "al.tgt.vec").exists()
+    assert not [f for f in p.iterdir() if f.name.endswith(".tmp")]
+
+    # translate with the saved alignment, and with the bare mapping
+    rc, out, err = run(["bli", "translate", "s51", "w52", "nope", "--alignment", p / "a.npz", "-k", "2", "-q"], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["s51", "t51"] and lines[1].split()[:2] == ["w52", "w52"]
+    assert "not in the source vocabulary" in lines[2]
+    rc, out, err = run(["bli", "translate", "s77", "--src", p / "src.vec", "--tgt", p / "tgt.vec.gz",
+                        "--mapping", p / "W.npy", "-q"], capsys)
+    assert rc == 0 and out.split()[:2] == ["s77", "t77"], err
+
+    # eval: with the mapping, and on the exported aligned spaces as they are
+    rc, out, err = run(["bli", "eval", p / "src.vec", p / "tgt.vec.gz", "--test-dict", p / "test.txt",
+                        "--mapping", p / "W.npy", "--report", p / "e.json", "-q"], capsys)
+    assert rc == 0, err
+    assert json.loads((p / "e.json").read_text())["results"]["csls"]["p@1"] == 1.0
+    rc, out, err = run(["bli", "eval", p / "al.vec", p / "al.tgt.vec", "--test-dict", p / "test.txt",
+                        "--normalize", "none", "--retrieval", "nn", "-q"], capsys)
+    assert rc == 0 and "100.00" in out, err
+
+
+def test_align_with_identical_seed(toy, capsys):
+    rc, out, err = run(["bli", "align", toy / "src.vec", toy / "tgt.vec.gz", "--seed", "identical",
+                        "--test-dict", toy / "test.txt", "--report", toy / "r.json", "-q"], capsys)
+    assert rc == 0, err
+    rep = json.loads((toy / "r.json").read_text())
+    assert rep["alignment"]["seed"] == {"kind": "identical", "pairs": 20}
+    assert rep["results"]["csls"]["p@1"] == 1.0
+
+
+def test_api_alignment_roundtrip(toy):
+    al = align(toy / "src.vec", toy / "tgt.vec.gz", train_dict=toy / "train.txt")
+    res = al.evaluate(toy / "test.txt", retrieval="csls")
+    assert set(res) >= {"p@1", "p@5", "p@10", "coverage"} and res["p@1"] == 1.0
+    assert al.translate(["s61", "w60"], k=1) == [["t61"], ["w60"]]
+    assert al.lexicon(k=1, max_words=3)[1][:2] == ("s1", "t1")
+    al.save(toy / "a.npz")
+    back = Alignment.load(toy / "a.npz")
+    assert back.translate("s70", k=3) == al.translate("s70", k=3)
+    emb = Alignment.load(toy / "a.npz", src=al.src, tgt=al.tgt)
+    assert emb.evaluate(toy / "test.txt")["p@1"] == 1.0
+    with pytest.raises(KeyError, match="'zz'"):
+        al.translate(["zz"])
+    with pytest.raises(ValueError, match="no supervision"):
+        align(al.src, al.tgt)
+
+
+def test_default_run(capsys, monkeypatch):
+    if not (REPO_DATA / "fr.vec.gz").exists():
+        pytest.skip(f"default data not built in {REPO_DATA} (tools/build_default_data.py)")
+    monkeypatch.setenv("PYZSL_DATA", str(REPO_DATA))
+    rc, out, err = run(["bli", "align"], capsys)
+    assert rc == 0, err
+    assert "embedded French–Finnish default" in err
+    csls = next(line for line in out.splitlines() if line.startswith("CSLS")).split()
+    # data/README.md: Procrustes CSLS P@1 52.24 on 245 test words; a broken pipeline gives ~0
+    assert float(csls[1]) > 45.0 and csls[-1] == "245"
+
+
+def test_python_m_pyzsl_help():
+    r = subprocess.run([sys.executable, "-m", "pyzsl", "bli", "align", "--help"], capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 0 and "--train-dict" in r.stdout and "--save-aligned" in r.stdout
+
+
+# --------------------------------------------------------------------------- bad input
+
+def bad(argv, capsys, *needles):
+    rc, out, err = run(argv, capsys)
+    assert rc == 2, (out, err)
+    assert "Traceback" not in err
+    for n in needles:
+        assert str(n) in err, err
+    return err
+
+
+def test_bad_inputs(toy, capsys):
+    p = toy
+    base = ["bli", "align", p / "src.vec", p / "tgt.vec.gz"]
+    bad(["bli", "align", p / "nope.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt"], capsys,
+        "file not found", "nope.vec")
+    bad(["bli", "align", p / "src.vec"], capsys, "both SRC and TGT")
+    bad(base, capsys, "no supervision")
+    bad(base + ["--seed", "none"], capsys, "needs --self-learning")
+    bad(base + ["--seed", "identical", "--train-dict", p / "train.txt"], capsys, "exclude each other")
+    bad(base + ["--seed", "banana"], capsys, "--seed")
+    bad(base + ["--seed", "numerals"], capsys, "share no identical numerals")
+    bad(base + ["--train-dict", p / "nope.txt"], capsys, "nope.txt")
+    bad(base + ["--train-dict", p / "train.txt", "--report", p / "no" / "r.json"], capsys, "does not exist")
+    bad(base + ["--train-dict", p / "train.txt", "--save-mapping", p / "W.txt"], capsys, ".npy or .npz")
+    bad(base + ["--train-dict", p / "train.txt", "--knn", "0"], capsys, "--knn")
+    bad(["bli", "align", "--method", "svd"], capsys, "invalid choice")
+    bad(["bli", "translate", "--src", p / "src.vec", "--tgt", p / "tgt.vec.gz", "--train-dict",
+         p / "train.txt", "-q"], capsys, "nothing to translate")
+    bad(["bli", "translate", "zz", "--src", p / "src.vec", "--tgt", p / "tgt.vec.gz", "--train-dict",
+         p / "train.txt", "-q"], capsys, "none of the words")
+    bad(["bli", "eval", p / "src.vec", p / "tgt.vec.gz"], capsys, "--test-dict")
+    bad(["bli", "eval", p / "src.vec", p / "tgt.vec.gz", "--test-dict", p / "test.txt", "--mapping",
+         p / "train.txt"], capsys, "train.txt")
+    bad(["bli"], capsys)
+    assert not [f for f in p.iterdir() if f.suffix in (".json", ".npy", ".tmp")]
+
+
+def test_malformed_files_name_file_and_line_and_write_nothing(toy, capsys):
+    p = toy
+    (p / "bad.vec").write_text("3 12\n" + "a " + " ".join(["1"] * 12) + "\nb 1 2 nan\n")
+    outs = ["--report", p / "r.json", "--out-lexicon", p / "l.tsv", "--save-aligned", p / "x.vec"]
+    bad(["bli", "align", p / "bad.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt", *outs], capsys,
+        f"{p / 'bad.vec'}:3:")
+    (p / "bad_dict.txt").write_text("s1 t1\ns2 t2 t3\n")
+    bad(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "bad_dict.txt", *outs], capsys,
+        f"{p / 'bad_dict.txt'}:2:")
+    bad(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt", "--test-dict",
+         p / "bad_dict.txt", *outs], capsys, f"{p / 'bad_dict.txt'}:2:")
+    assert not any((p / n).exists() for n in ("r.json", "l.tsv", "x.vec", "x.tgt.vec"))
+    assert not [f for f in p.iterdir() if f.name.endswith(".tmp")]

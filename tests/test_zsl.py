@@ -1,0 +1,414 @@
+"""pyzsl.zsl: classifier, ESZSL, calibrated stacking, metrics, persistence, input checks."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pyzsl.zsl import (
+    ESZSL,
+    CosineZSL,
+    ZeroShotClassifier,
+    calibration_curve,
+    choose_seen_penalty,
+    evaluate_gzsl,
+    gzsl_accuracy,
+    harmonic_mean,
+    load_model,
+    load_zsl,
+    per_class_accuracy,
+    run_protocol,
+)
+
+
+def toy(C=14, dv=8, dt=8, per_class=6, seed=0, noise=0.3):
+    """Inputs x = A t_y + noise: a linear map links inputs and classes, so it transfers to unseen classes."""
+    g = np.random.default_rng(seed)
+    T = g.standard_normal((C, dt))
+    A = g.standard_normal((dv, dt))
+    y = np.repeat(np.arange(C), per_class)
+    X = T[y] @ A.T + noise * g.standard_normal((y.size, dv))
+    return X.astype(np.float32), y, T.astype(np.float32)
+
+
+def small(**kw):
+    kw.setdefault("epochs", 3)
+    kw.setdefault("batch_size", 32)
+    kw.setdefault("progress", False)
+    return ZeroShotClassifier(**kw)
+
+
+# --------------------------------------------------------------------------- shapes and candidates
+@pytest.mark.parametrize("dv,dt", [(8, 8), (7, 5)])
+def test_fit_predict_shapes(dv, dt, device):
+    X, y, T = toy(dv=dv, dt=dt)
+    seen = y < 9
+    m = small(device=device).fit(X[seen], y[seen], T)
+    assert m.M_.shape == (dt, dv)
+    np.testing.assert_array_equal(m.classes_, np.arange(9))
+    assert len(m.loss_curve_) == 3 and all(np.isfinite(m.loss_curve_))
+    pred = m.predict(X, T)
+    assert pred.shape == (X.shape[0],) and pred.dtype == np.int64
+    idx, val = m.predict_topk(X, T, k=4)
+    assert idx.shape == val.shape == (X.shape[0], 4)
+    assert np.all(np.diff(val, axis=1) <= 0)
+    S = m.decision_function(X, T)
+    assert S.shape == (X.shape[0], T.shape[0])
+    np.testing.assert_array_equal(S.argmax(1), pred)
+    np.testing.assert_allclose(np.take_along_axis(S, idx, 1), val, rtol=1e-5, atol=1e-5)
+
+
+def test_candidates_restrict_predictions(device):
+    X, y, T = toy()
+    m = small(device=device).fit(X[y < 9], y[y < 9], T)
+    cand = np.array([13, 9, 11])
+    pred = m.predict(X, T, candidates=cand)
+    assert set(np.unique(pred)) <= set(cand.tolist())
+    idx, _ = m.predict_topk(X, T, k=3, candidates=cand)
+    assert np.all(np.sort(idx, 1) == np.array([9, 11, 13]))
+    S_full = m.decision_function(X, T)
+    S_c = m.decision_function(X, T, candidates=cand)
+    np.testing.assert_allclose(S_c, S_full[:, [9, 11, 13]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pred, np.array([9, 11, 13])[S_c.argmax(1)])
+    mask = np.zeros(T.shape[0], bool)
+    mask[cand] = True
+    np.testing.assert_array_equal(m.predict(X, T, candidates=mask), pred)
+
+
+def test_training_beats_cosine_on_unseen_classes():
+    # cos(x, t) is uninformative here (x = A t + noise with a random A); the learned M transfers.
+    X, y, T = toy(C=40, dv=10, dt=10, per_class=10, noise=0.1)
+    seen, unseen = np.arange(30), np.arange(30, 40)
+    tr, te = np.isin(y, seen), np.isin(y, unseen)
+    m = ZeroShotClassifier(epochs=15, lr=5e-2, batch_size=150, progress=False).fit(X[tr], y[tr], T)
+    ours = per_class_accuracy(y[te], m.predict(X[te], T, candidates=unseen))
+    cos = per_class_accuracy(y[te], CosineZSL().fit(X[tr], y[tr], T).predict(X[te], T, candidates=unseen))
+    assert m.loss_curve_[-1] < 0.5 * m.loss_curve_[0]
+    assert ours > cos + 0.3, (ours, cos)
+
+
+@pytest.mark.parametrize("negatives", ["sum", "max"])
+def test_fused_and_reference_backends_train_the_same_model(negatives):
+    X, y, T = toy(dv=7, dt=5)
+    kw = dict(dtype=torch.float64, negatives=negatives, margin=0.5, lr=1e-2)
+    a = small(backend="pyzsl", **kw).fit(X, y, T)
+    b = small(backend="torch", **kw).fit(X, y, T)
+    torch.testing.assert_close(a.M_, b.M_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-9)
+
+
+def test_seed_makes_training_deterministic():
+    X, y, T = toy()
+    a, b = small(seed=3).fit(X, y, T), small(seed=3).fit(X, y, T)
+    assert torch.equal(a.M_, b.M_)
+    assert not torch.equal(a.M_, small(seed=4).fit(X, y, T).M_)
+
+
+# --------------------------------------------------------------------------- no leakage
+@pytest.mark.parametrize("make", [lambda: small(center=True), lambda: small(init="random"),
+                                  lambda: ESZSL(normalize_classes=True, center=True)])
+def test_unseen_class_embeddings_do_not_reach_the_model(make):
+    X, y, T = toy()
+    seen = y < 9
+    T2 = T.copy()
+    T2[9:] = np.random.default_rng(5).standard_normal((T.shape[0] - 9, T.shape[1])) * 100
+    a = make().fit(X[seen], y[seen], T)
+    b = make().fit(X[seen], y[seen], T2)
+    T3 = T.copy()
+    T3[9:] = np.nan  # never read by fit
+    c = make().fit(X[seen], y[seen], T3)
+    assert torch.equal(a.M_, b.M_) and torch.equal(a.M_, c.M_)
+    if a.class_mean_ is not None:
+        assert torch.equal(a.class_mean_, b.class_mean_)
+    # ...and the unseen classes really are scored by their own embeddings at prediction time
+    assert not np.array_equal(a.decision_function(X, T), b.decision_function(X, T2))
+
+
+# --------------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("make", [lambda: small(center=True, dtype=torch.float64), lambda: ESZSL(gamma=0.5),
+                                  lambda: CosineZSL()])
+def test_save_load_round_trip(tmp_path, make):
+    X, y, T = toy()
+    m = make().fit(X[y < 9], y[y < 9], T)
+    path = tmp_path / "sub" / "model.npz"
+    m.save(path)
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]  # no temporary file left behind
+    r = load_model(path)
+    assert type(r) is type(m) and r.get_params() == m.get_params()
+    np.testing.assert_array_equal(r.classes_, m.classes_)
+    if m.M_ is None:
+        assert r.M_ is None
+    else:
+        assert torch.equal(r.M_, m.M_) and r.M_.dtype == m.dtype
+    np.testing.assert_array_equal(r.predict_topk(X, T, 5)[0], m.predict_topk(X, T, 5)[0])
+    np.testing.assert_array_equal(r.decision_function(X, T), m.decision_function(X, T))
+    assert type(type(m).load(path)) is type(m)
+    m.save(path)  # overwriting works (os.replace)
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]
+
+
+def test_load_rejects_wrong_files(tmp_path):
+    X, y, T = toy()
+    ESZSL().fit(X, y, T).save(tmp_path / "e.npz")
+    with pytest.raises(ValueError, match="holds a ESZSL, not a ZeroShotClassifier"):
+        ZeroShotClassifier.load(tmp_path / "e.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a pyzsl.zsl model"):
+        load_model(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_model(tmp_path / "missing.npz")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ESZSL().save(tmp_path / "x.npz")
+
+
+# --------------------------------------------------------------------------- ESZSL
+@pytest.mark.parametrize("targets", ["onehot", "pm1"])
+def test_eszsl_closed_form_equals_direct_solve(targets):
+    X, y, T = toy(C=6, dv=5, dt=4, per_class=4)
+    X, T = X.astype(np.float64), T.astype(np.float64)
+    gamma, lam = 0.7, 1.3
+    m = ESZSL(gamma=gamma, lam=lam, targets=targets, dtype=torch.float64).fit(X, y, T)
+    Y = np.eye(6)[y] if targets == "onehot" else 2 * np.eye(6)[y] - 1
+    # the normal equations (XᵀX + γI) V (SᵀS + λI) = XᵀYS as one Kronecker system
+    A, B, W = X.T @ X + gamma * np.eye(5), T.T @ T + lam * np.eye(4), X.T @ Y @ T
+    vecV = np.linalg.solve(np.kron(B.T, A), W.reshape(-1, order="F"))
+    V = vecV.reshape(5, 4, order="F")
+    np.testing.assert_allclose(m.M_.numpy(), V.T, rtol=1e-10, atol=1e-12)
+    # and V minimises the ESZSL objective: its gradient vanishes there
+    Vt = torch.tensor(V, requires_grad=True)
+    Xt, Tt, Yt = map(torch.tensor, (X, T, Y))
+    obj = ((Xt @ Vt @ Tt.T - Yt) ** 2).sum() + gamma * ((Vt @ Tt.T) ** 2).sum() \
+        + lam * ((Xt @ Vt) ** 2).sum() + gamma * lam * (Vt ** 2).sum()
+    (grad,) = torch.autograd.grad(obj, Vt)
+    assert grad.abs().max() < 1e-9
+
+
+def test_eszsl_reads_only_training_classes():
+    X, y, T = toy(C=6, dv=5, dt=4)
+    a = ESZSL().fit(X[y < 4], y[y < 4], T)
+    b = ESZSL().fit(X[y < 4], y[y < 4], T[:4])  # fewer rows, same training classes
+    assert torch.equal(a.M_, b.M_)
+
+
+# --------------------------------------------------------------------------- metrics
+def test_per_class_accuracy_by_hand():
+    # class 0: 2 of 3 right, class 1: 1 of 1, class 5: 0 of 2 → (2/3 + 1 + 0) / 3
+    yt = [0, 0, 0, 1, 5, 5]
+    yp = [0, 0, 1, 1, 0, 1]
+    assert per_class_accuracy(yt, yp) == pytest.approx((2 / 3 + 1 + 0) / 3, abs=1e-15)
+    assert per_class_accuracy([3, 3], [3, 3]) == 1.0
+    # sample-weighted accuracy would be 3/6; the per-class mean is not
+    assert per_class_accuracy(yt, yp) != pytest.approx(0.5)
+    with pytest.raises(ValueError, match="differ in length"):
+        per_class_accuracy([0, 1], [0])
+    with pytest.raises(ValueError, match="empty"):
+        per_class_accuracy([], [])
+    with pytest.raises(TypeError, match="integer"):
+        per_class_accuracy([0.5, 1.0], [0, 1])
+
+
+def test_harmonic_mean_and_gzsl_by_hand():
+    assert harmonic_mean(0.5, 0.25) == pytest.approx(1 / 3)
+    assert harmonic_mean(0.0, 0.0) == 0.0 and harmonic_mean(0.0, 0.9) == 0.0
+    r = gzsl_accuracy([0, 0, 1], [0, 1, 1], [7, 8], [7, 0])
+    assert (r.seen, r.unseen, r.H) == pytest.approx((0.75, 0.5, 0.6))
+
+
+# --------------------------------------------------------------------------- calibrated stacking
+@pytest.fixture(scope="module")
+def gzsl_setup():
+    X, y, T = toy(C=30, dv=8, dt=8, per_class=8, noise=0.5, seed=2)
+    seen, unseen = np.arange(20), np.arange(20, 30)
+    rng = np.random.default_rng(0)
+    held = np.zeros(y.size, bool)
+    for c in seen:
+        held[rng.choice(np.flatnonzero(y == c), 2, replace=False)] = True
+    tr = np.isin(y, seen) & ~held
+    m = ZeroShotClassifier(epochs=10, lr=2e-2, batch_size=64, progress=False).fit(X[tr], y[tr], T)
+    te_u = np.isin(y, unseen)
+    return m, X, y, T, held, te_u
+
+
+def test_calibration_curve_is_monotone_and_matches_predict(gzsl_setup):
+    m, X, y, T, held, te_u = gzsl_setup
+    curve = calibration_curve(m, T, X[held], y[held], X[te_u], y[te_u])
+    assert curve.penalties.size > 10 and np.all(np.diff(curve.penalties) > 0)
+    # a larger seen-class penalty never helps seen samples nor hurts unseen ones
+    assert np.all(np.diff(curve.seen) <= 1e-12) and np.all(np.diff(curve.unseen) >= -1e-12)
+    assert curve.seen[0] > curve.seen[-1] and curve.unseen[-1] > curve.unseen[0]
+    assert curve.unseen[0] == 0.0 and curve.seen[-1] == 0.0   # the two extremes
+    for i in np.linspace(0, curve.penalties.size - 1, 7).astype(int):
+        r = evaluate_gzsl(m, T, X[held], y[held], X[te_u], y[te_u], seen_penalty=curve.penalties[i])
+        assert (r.seen, r.unseen, r.H) == pytest.approx((curve.seen[i], curve.unseen[i], curve.H[i]), abs=1e-12)
+    # on a user grid too
+    g = np.linspace(-1, 3, 9)
+    c2 = calibration_curve(m, T, X[held], y[held], X[te_u], y[te_u], penalties=g)
+    for i, p in enumerate(g):
+        r = evaluate_gzsl(m, T, X[held], y[held], X[te_u], y[te_u], seen_penalty=p)
+        assert (r.seen, r.unseen) == pytest.approx((c2.seen[i], c2.unseen[i]), abs=1e-12)
+
+
+def test_choose_seen_penalty_maximises_H(gzsl_setup):
+    m, X, y, T, held, te_u = gzsl_setup
+    gamma, curve = choose_seen_penalty(m, T, X[held], y[held], X[te_u], y[te_u])
+    h = evaluate_gzsl(m, T, X[held], y[held], X[te_u], y[te_u], seen_penalty=gamma).H
+    h0 = evaluate_gzsl(m, T, X[held], y[held], X[te_u], y[te_u]).H
+    assert h == pytest.approx(curve.H.max()) and h >= h0
+    assert gamma > 0  # a model trained on seen classes over-predicts them
+    assert 0.0 in curve.penalties
+
+
+def test_calibration_with_candidates_without_unseen_classes(gzsl_setup):
+    m, X, y, T, held, te_u = gzsl_setup
+    c = calibration_curve(m, T, X[held], y[held], X[held], y[held], candidates=m.classes_)
+    assert np.all(c.seen == c.seen[0]) and np.all(c.unseen == c.seen[0])  # nothing to trade off
+
+
+# --------------------------------------------------------------------------- CSLS hubness correction
+@pytest.mark.parametrize("make", [lambda: small(csls_k=3, center=True), lambda: CosineZSL(csls_k=4),
+                                  lambda: ESZSL(csls_k=2)])
+def test_csls_equals_the_direct_formula(make, tmp_path):
+    X, y, T = toy()
+    seen = y < 9
+    m = make().fit(X[seen], y[seen], T)
+    plain = type(m)(**dict(m.get_params(), csls_k=0, dtype=m.dtype))
+    for a in ("M_", "classes_", "input_mean_", "class_mean_", "n_features_in_", "n_class_features_"):
+        setattr(plain, a, getattr(m, a))
+    S = plain.decision_function(X, T)                              # t̃ᵀ M x̃ without correction
+    ref = plain.decision_function(X[seen], T)                      # training inputs × classes
+    r = np.sort(ref, 0)[-m.csls_k:].mean(0)                        # mean of each class's k best
+    np.testing.assert_allclose(m.decision_function(X, T), S - r / 2, rtol=1e-5, atol=1e-6)
+    cand = [2, 10, 11, 12]
+    np.testing.assert_allclose(m.decision_function(X, T, candidates=cand), (S - r / 2)[:, cand],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(m.predict(X, T, candidates=cand),
+                                  np.array(cand)[(S - r / 2)[:, cand].argmax(1)])
+    # the per-T cache does not leak between class-embedding sets
+    T2 = T * np.linspace(1, 2, T.shape[1], dtype=np.float32)
+    S2, r2 = plain.decision_function(X, T2), np.sort(plain.decision_function(X[seen], T2), 0)[-m.csls_k:].mean(0)
+    np.testing.assert_allclose(m.decision_function(X, T2), S2 - r2 / 2, rtol=1e-5, atol=1e-6)
+    m.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(load_model(tmp_path / "m.npz").decision_function(X, T), m.decision_function(X, T))
+
+
+def test_refit_resets_the_csls_cache():
+    X, y, T = toy()
+    m = CosineZSL(csls_k=2).fit(X[y < 9], y[y < 9], T)
+    a = m.decision_function(X, T)
+    m.fit(X[y < 5], y[y < 5], T)
+    b = m.decision_function(X, T)
+    fresh = CosineZSL(csls_k=2).fit(X[y < 5], y[y < 5], T).decision_function(X, T)
+    np.testing.assert_array_equal(b, fresh)
+    assert not np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_raise_clear_errors():
+    X, y, T = toy()
+    m = small()
+    with pytest.raises(ValueError, match="X: expected a 2-D"):
+        m.fit(X[0], y[:1], T)
+    with pytest.raises(ValueError, match="y: has 83 labels but X has 84"):
+        m.fit(X, y[:-1], T)
+    y_bad = y.copy()
+    y_bad[3] = 14
+    with pytest.raises(ValueError, match="label 14 is out of range"):
+        m.fit(X, y_bad, T)
+    with pytest.raises(ValueError, match="label -1 is out of range"):
+        m.fit(X, np.where(y == 0, -1, y), T)
+    with pytest.raises(TypeError, match="integer class indices"):
+        m.fit(X, y + 0.5, T)
+    Xn = X.copy()
+    Xn[5, 2] = np.nan
+    with pytest.raises(ValueError, match=r"X: contains NaN.*row 5, column 2"):
+        m.fit(Xn, y, T)
+    Tn = T.copy()
+    Tn[0, 0] = np.inf
+    with pytest.raises(ValueError, match="class_embeddings.*NaN or infinite"):
+        m.fit(X, y, Tn)
+    with pytest.raises(ValueError, match="class_embeddings: expected a 2-D"):
+        m.fit(X, y, T[0])
+    with pytest.raises(ValueError, match="at least 2 distinct classes"):
+        m.fit(X[y == 0], y[y == 0], T)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        m.predict(X, T)
+    m.fit(X, y, T)
+    with pytest.raises(ValueError, match="X: has 5 features, the model was fitted with 8"):
+        m.predict(X[:, :5], T)
+    with pytest.raises(ValueError, match="class_embeddings: has 3 features"):
+        m.predict(X, T[:, :3])
+    with pytest.raises(ValueError, match="X: contains NaN"):
+        m.predict(Xn, T)
+    with pytest.raises(ValueError, match="candidates: class 99 is out of range"):
+        m.predict(X, T, candidates=[1, 99])
+    with pytest.raises(ValueError, match="candidates: is empty"):
+        m.predict(X, T, candidates=[])
+    with pytest.raises(ValueError, match="k must be an integer in 1..3"):
+        m.predict_topk(X, T, k=4, candidates=[1, 2, 3])
+    with pytest.raises(ValueError, match="seen_penalty must be finite"):
+        m.predict(X, T, seen_penalty=float("nan"))
+    with pytest.raises(ValueError, match="trained on class 13"):
+        m.predict(X, T[:10], seen_penalty=1.0)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(margin=-1), "margin"), (dict(negatives="mean"), "negatives"), (dict(lr=0), "lr"),
+    (dict(epochs=-1), "epochs"), (dict(batch_size=0), "batch_size"), (dict(weight_decay=float("nan")), "weight_decay"),
+    (dict(init="zeros"), "init"), (dict(dtype=torch.float16), "dtype"), (dict(backend="cuda"), "backend"),
+    (dict(normalize_inputs="yes"), "normalize_inputs"), (dict(csls_k=-1), "csls_k"),
+    (dict(lr_schedule="step"), "lr_schedule"),
+])
+def test_bad_hyperparameters(kw, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        ZeroShotClassifier(**kw)
+
+
+def test_identity_init_needs_square_map():
+    X, y, T = toy(dv=7, dt=5)
+    with pytest.raises(ValueError, match="init='identity' needs dt == dv"):
+        small(init="identity").fit(X, y, T)
+    with pytest.raises(ValueError, match="same width"):
+        CosineZSL().fit(X, y, T)
+    with pytest.raises(ValueError, match="targets"):
+        ESZSL(targets="ones")
+
+
+# --------------------------------------------------------------------------- shared data (small)
+def test_shared_supersense_protocol_reproduces_the_readme(shared_data):
+    # shared/data/zsl/README.md, measured there with plain numpy: cosine and ESZSL (one-hot, γ = λ = 1)
+    d = load_zsl(shared_data / "zsl" / "supersense.npz")
+    assert d.X.dtype == np.float32 and d.X.shape == (19698, 384) and d.n_classes == 25
+    assert np.intersect1d(d.train_fit_loc, d.val_seen_loc).size == 0
+    cos = run_protocol(CosineZSL, d)
+    assert cos.zsl == pytest.approx(0.5961, abs=5e-5)
+    assert (cos.gzsl.seen, cos.gzsl.unseen, cos.gzsl.H) == pytest.approx((0.3594, 0.4511, 0.4000), abs=5e-5)
+    esz = run_protocol(ESZSL, d)
+    assert esz.zsl == pytest.approx(0.2497, abs=5e-5)
+    assert (esz.gzsl.seen, esz.gzsl.unseen, esz.gzsl.H) == pytest.approx((0.7185, 0.0017, 0.0035), abs=5e-5)
+    # calibrated stacking, γ chosen on validation only, lifts ESZSL's H there and on test
+    assert esz.val_H_calibrated > esz.val_H and esz.gzsl_calibrated.H > 0.25
+
+
+def test_shared_gloss2word_short_fit(shared_data):
+    d = load_zsl(shared_data / "zsl" / "gloss2word.npz")
+    loc = d.trainval_loc[::10]
+    m = small(epochs=1, batch_size=256, csls_k=3).fit(d.X[loc], d.y[loc], d.class_emb)
+    np.testing.assert_array_equal(m.classes_, np.unique(d.y[loc]))
+    assert np.isin(m.classes_, d.seen_classes).all()
+    tu = d.test_unseen_loc[:300]
+    pred = m.predict(d.X[tu], d.class_emb, candidates=d.unseen_classes)
+    assert np.isin(pred, d.unseen_classes).all()
+
+
+def test_load_zsl_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.npz"):
+        load_zsl(tmp_path / "nothere.npz")
+    np.savez(tmp_path / "bad.npz", X=np.zeros((3, 2), np.float16), y=np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"bad.npz: missing arrays \['class_emb'"):
+        load_zsl(tmp_path / "bad.npz")
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    X, y, T = toy()
+    ZeroShotClassifier(epochs=2, batch_size=64, progress=True).fit(X, y, T)
+    assert "ZeroShotClassifier fit" in capsys.readouterr().err
