@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lock", action="store_true", help="already running under flock /tmp/pyzsl-bench.lock")
     ap.add_argument("--tmpdir", default=None, help="where to write the temporary .vec (default: system temp)")
     args = ap.parse_args(argv)
+    # a timeout's SIGTERM must still remove the ~0.5 GB temporary file
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="pyzsl-load-", dir=args.tmpdir) as tmp:
         path = Path(tmp) / "bench.vec"

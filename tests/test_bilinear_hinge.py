@@ -193,3 +193,15 @@ def test_extension_rejects_strided_and_readonly_arrays():
         C.hinge_tile(scores=S, **{**args, "labels": np.zeros(4, np.int32)})
     with pytest.raises(ValueError, match="outside"):
         C.hinge_tile(scores=S, **{**args, "col0": 3})
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_fixed_class_embeddings(device, reduction):
+    # T without grad (zero-shot training): dT is skipped, dV and dM unchanged
+    V, M, T, y = make(6, 5, 4, 23, device, dtype=kernel_dtype(device))
+    T = T.detach()
+    ours = bilinear_hinge_loss(V, M, T, y, 0.5, reduction, backend="pyzsl", tile_elems=12)
+    want = ref.bilinear_hinge_loss(V, M, T, y, 0.5, reduction)
+    w = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad((ours * w).sum(), (V, M)), torch.autograd.grad((want * w).sum(), (V, M))):
+        assert rel_err(a, b) < tol(device)

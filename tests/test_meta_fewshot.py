@@ -149,11 +149,17 @@ def test_pretrain_classifier_learns():
 
 @pytest.fixture(scope="module")
 def wordcats():
-    from pyzsl.meta.data import default_root, load_wordcats
+    import os
+    from pathlib import Path
 
-    if not (default_root() / "wordcats.npz").is_file():
-        pytest.skip(f"shared few-shot data not found at {default_root()} (set PYZSL_FEWSHOT_DATA)")
-    return load_wordcats()
+    from pyzsl.meta.data import load_wordcats
+
+    # the suite's data root (as tests/conftest.py finds it), not the installed package's
+    root = Path(os.environ.get("PYZSL_SHARED_DATA",
+                               Path(__file__).resolve().parents[2] / "shared" / "data")) / "fewshot"
+    if not (root / "wordcats.npz").is_file():
+        pytest.skip(f"shared few-shot data not found at {root} (set PYZSL_SHARED_DATA)")
+    return load_wordcats(root)
 
 
 def test_wordcats_splits_and_ncm(wordcats):

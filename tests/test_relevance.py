@@ -12,9 +12,10 @@ def _rng(seed=0):
 
 def _related(n=600, d1=12, d2=9, noise=0.5, seed=0):
     g = _rng(seed)
-    Z = torch.randn(n, 6, generator=g, dtype=torch.float64)  # common latent factors
-    X = Z @ torch.randn(6, d1, generator=g, dtype=torch.float64) + noise * torch.randn(n, d1, generator=g, dtype=torch.float64)
-    Y = Z @ torch.randn(6, d2, generator=g, dtype=torch.float64) + noise * torch.randn(n, d2, generator=g, dtype=torch.float64)
+    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    Z = randn(n, 6)  # common latent factors
+    X = Z @ randn(6, d1) + noise * randn(n, d1)
+    Y = Z @ randn(6, d2) + noise * randn(n, d2)
     return X, Y
 
 

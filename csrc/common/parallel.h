@@ -6,6 +6,9 @@
 
 namespace pyzsl {
 
+// Below this many elements a tile is swept by one thread: waking the team costs more.
+constexpr long long kParallelMinElems = 1 << 15;
+
 inline int max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();

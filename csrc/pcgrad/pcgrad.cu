@@ -550,6 +550,7 @@ void pcgrad_cuda(const PCGradArgs& a, uintptr_t stream) {
   std::memcpy(host.data() + p.off_gmap, p.gmap.data(), p.gmap.size() * sizeof(int32_t));
   std::memcpy(host.data() + p.off_cmap, p.cmap.data(), p.cmap.size() * sizeof(int32_t));
   PYZSL_CUDA_CHECK(cudaMemcpyAsync(ws, host.data(), p.upload_bytes, cudaMemcpyHostToDevice, st));
+  PYZSL_CUDA_CHECK(cudaMemsetAsync(a.status.data, 0, sizeof(int32_t), st));
 
   const auto* descs = reinterpret_cast<const BlockDesc*>(ws);
   const auto* gmap = reinterpret_cast<const int32_t*>(ws + p.off_gmap);

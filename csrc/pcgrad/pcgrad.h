@@ -36,7 +36,7 @@ struct PCGradArgs {
   Array weights;    // L×T float64, contiguous, written when `order` is given: out_l = w_lᵀ G_l.
   Array cosine;     // optional L×T×T float64: K_ij / sqrt(K_ii K_jj), 0 where a norm is 0.
   Array conflicts;  // optional (L,) int64: number of pairs i < j with K_ij < 0.
-  // (1,) int32, or-ed: 1 = a Gram is not finite (NaN/inf in G, or |g|² overflows float64),
+  // (1,) int32, written (zeroed first, then or-ed): 1 = a Gram is not finite (NaN/inf in G, or |g|² overflows float64),
   // 2 = a row of `order` is not a permutation (CUDA only: the CPU throws). With status ≠ 0 the
   // weights and updates are NaN; the caller raises.
   Array status;

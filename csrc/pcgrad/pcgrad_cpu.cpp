@@ -539,6 +539,8 @@ const char* pcgrad_cpu_isa() { return isa_name(pick_isa()); }
 // the partials are summed in group order: the Gram does not depend on the thread count.
 constexpr int64_t kGramGroups = 64;
 constexpr int64_t kCombineGrab = 8;  // combine chunks per dynamic grab
+constexpr int64_t kParallelWork = int64_t(1) << 16;  // elements of G below which one thread runs
+constexpr int64_t kSerialSolves = 8;  // up to this many blocks, one thread solves them all
 
 struct Group {
   int64_t i0, i1;    // items
@@ -573,9 +575,21 @@ void pcgrad_cpu(const PCGradArgs& a) {
   double* K = a.gram.ptr<double>();
   int32_t* status = a.status.ptr<int32_t>();
   bool finite = true;
+  auto solve_layer = [&](int64_t l) {
+    thread_local std::vector<double> c;
+    const double* Kl = K + l * TT;
+    if (a.order.given) solve(Kl, a.order.ptr<const int64_t>(), T, a.mean, a.weights.ptr<double>() + l * T, c);
+    diagnostics(Kl, T, a.cosine.given ? a.cosine.ptr<double>() + l * TT : nullptr,
+                a.conflicts.given ? a.conflicts.ptr<int64_t>() + l : nullptr);
+  };
 
-  // One parallel region: Gram pass, barrier, reduction + solves, barrier, combine pass.
-#pragma omp parallel num_threads(std::max(1, max_threads()))
+  // One parallel region: Gram pass, barrier, reduction + solves, barrier, combine pass. Small
+  // problems run on the calling thread: waking the team costs more than they do (and, on a
+  // busy machine, can cost milliseconds).
+  int64_t work = 0;
+  for (const Array& g : a.blocks) work += g.numel();
+  status[0] = 0;
+#pragma omp parallel num_threads(std::max(1, max_threads())) if (work >= kParallelWork)
   {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < ng; ++g)
@@ -607,17 +621,14 @@ void pcgrad_cpu(const PCGradArgs& a) {
           else std::fill(o.ptr<double>(), o.ptr<double>() + o.numel(), nan);
         }
       }
+      if (finite && L <= kSerialSolves)
+        for (int64_t l = 0; l < L; ++l) solve_layer(l);
     }  // implicit barrier
     if (finite) {
-      std::vector<double> c;
+      if (L > kSerialSolves) {  // many blocks: their T×T solves in parallel (one more barrier)
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t l = 0; l < L; ++l) {
-        const double* Kl = K + l * TT;
-        if (a.order.given)
-          solve(Kl, a.order.ptr<const int64_t>(), T, a.mean, a.weights.ptr<double>() + l * T, c);
-        diagnostics(Kl, T, a.cosine.given ? a.cosine.ptr<double>() + l * TT : nullptr,
-                    a.conflicts.given ? a.conflicts.ptr<int64_t>() + l : nullptr);
-      }  // implicit barrier
+        for (int64_t l = 0; l < L; ++l) solve_layer(l);
+      }
 #pragma omp for schedule(dynamic, 1) nowait
       for (int64_t g = 0; g < ncg; ++g)
         run_combine_items(isa, cjob, g * kCombineGrab,

@@ -50,7 +50,7 @@ void run(const TopkTileArgs& a) {
   const bool* mask = a.class_mask.given ? a.class_mask.ptr<bool>() + a.col0 : nullptr;
   int nonfinite = 0;
 
-#pragma omp parallel for schedule(static) reduction(| : nonfinite)
+#pragma omp parallel for schedule(static) reduction(| : nonfinite) if (B * n >= kParallelMinElems)
   for (int64_t b = 0; b < B; ++b) {
     const T* row = S + b * n;
     T* vals = a.values.ptr<T>() + b * k;

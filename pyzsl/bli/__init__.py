@@ -13,9 +13,6 @@ dictionaries, seeds), :mod:`~pyzsl.bli.normalize`, :mod:`~pyzsl.bli.procrustes`,
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from pyzsl.bli.alignment import Alignment, align
 from pyzsl.bli.dictionary import (Dictionary, build_seed, identical_seed, load_dictionary,
                                   numeral_seed)
@@ -25,19 +22,14 @@ from pyzsl.bli.normalize import normalize
 from pyzsl.bli.procrustes import LinearMap, procrustes
 from pyzsl.bli.retrieval import Retriever, csls, inverted_softmax, knn_mean, nn, retrieve, topk
 
-# Mapping methods written alongside (they may import this package): loaded on first use.
-_LAZY = {"rcsls": "pyzsl.bli.rcsls", "self_learning": "pyzsl.bli.self_learning"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pyzsl.bli' has no attribute {name!r}")
-
+# rcsls and self_learning are not re-exported: a function bound under its own module's name
+# would shadow the module (`import pyzsl.bli.rcsls as m` would return the function). Use
+# `from pyzsl.bli.rcsls import rcsls` / `from pyzsl.bli.self_learning import self_learning`,
+# or align(..., method="rcsls", self_learning=True).
 
 __all__ = [
     "align", "Alignment", "Embeddings", "load_embeddings", "save_embeddings", "Dictionary",
     "load_dictionary", "identical_seed", "numeral_seed", "build_seed", "normalize",
-    "LinearMap", "procrustes", "rcsls", "self_learning", "nn", "csls", "inverted_softmax",
+    "LinearMap", "procrustes", "nn", "csls", "inverted_softmax",
     "retrieve", "topk", "knn_mean", "Retriever", "evaluate", "evaluate_all",
 ]

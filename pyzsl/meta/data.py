@@ -1,6 +1,7 @@
 """Loader for the shared few-shot data (``shared/data/fewshot/wordcats.npz``: 200 WordNet
 categories of MiniLM word vectors, meta-train/val/test class split, label embeddings).
-The folder is ``$PYZSL_FEWSHOT_DATA`` if set, else ``<repo>/../shared/data/fewshot``."""
+The folder is ``$PYZSL_FEWSHOT_DATA`` if set, else ``$PYZSL_SHARED_DATA/fewshot``, else
+``<repo>/../shared/data/fewshot``."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,9 @@ def default_root() -> Path:
     env = os.environ.get("PYZSL_FEWSHOT_DATA")
     if env:
         return Path(env)
+    shared = os.environ.get("PYZSL_SHARED_DATA")
+    if shared:
+        return Path(shared) / "fewshot"
     return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fewshot"
 
 

@@ -266,8 +266,8 @@ class MultiTaskTrainer:
         w = self.aggregator.loss_weights(len(sel)).to(L)
         params = self.shared + self._head_list(sel)
         grads = torch.autograd.grad((w * L).sum(), params, allow_unused=True)
-        flat = self._flat(grads, params, torch.empty(sum(p.numel() for p in params) + len(sel), dtype=L.dtype,
-                                                          device=L.device))
+        buf = torch.empty(sum(p.numel() for p in params) + len(sel), dtype=L.dtype, device=L.device)
+        flat = self._flat(grads, params, buf)
         flat[-len(sel):] = L.detach()
         flat = self._allreduce_mean(flat)
         self._set_grads(params, flat[:-len(sel)])
@@ -291,18 +291,17 @@ class MultiTaskTrainer:
             k = ns
             for i, t in enumerate(sel):
                 ps = self.task_params[t]
-                hs = grads[k: k + len(ps)]
+                hp = torch.empty(sum(p.numel() for p in ps), dtype=dtype, device=L.device)
+                heads.append(self._flat([None if g is None else g[i] for g in grads[k: k + len(ps)]], ps, hp))
                 k += len(ps)
-                heads.append(torch.cat([torch.zeros(p.numel(), dtype=dtype, device=L.device) if g is None else g[i].reshape(-1)
-                                        for g, p in zip(hs, ps)]) if ps else torch.zeros(0, dtype=dtype, device=L.device))
             return G, heads
         for i, t in enumerate(sel):
             params = self.shared + self.task_params[t]
             grads = torch.autograd.grad(L[i], params, retain_graph=i < T - 1, allow_unused=True)
             self._flat(grads[: len(self.shared)], self.shared, G[i])
             hp = self.task_params[t]
-            heads.append(self._flat(grads[len(self.shared):], hp, torch.empty(sum(p.numel() for p in hp), dtype=dtype,
-                                                                                         device=L.device)))
+            buf = torch.empty(sum(p.numel() for p in hp), dtype=dtype, device=L.device)
+            heads.append(self._flat(grads[len(self.shared):], hp, buf))
         return G, heads
 
     def _reduce_task_grads(self, G: Tensor, heads: list[Tensor], L: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
@@ -368,7 +367,8 @@ class MultiTaskTrainer:
         self._ub_gram, self._ub_weights = gram, w
         # One backward through the trunk with the combined representation gradient.
         sg = torch.autograd.grad(z, self.shared, grad_outputs=(w @ Gz).view_as(z), allow_unused=True)
-        update = self._allreduce_mean(self._flat(sg, self.shared, torch.empty(self.P, dtype=zd.dtype, device=zd.device)))
+        buf = torch.empty(self.P, dtype=zd.dtype, device=zd.device)
+        update = self._allreduce_mean(self._flat(sg, self.shared, buf))
         self._set_grads(self.shared, update)
         hw = self._head_weights(sel)
         for i, t in enumerate(sel):

@@ -9,6 +9,7 @@ shape or layout is an error that names the argument.
 from __future__ import annotations
 
 import functools
+import os
 from types import ModuleType
 from typing import Any, Sequence
 
@@ -21,6 +22,10 @@ BACKENDS = ("auto", "pyzsl", "torch")
 
 @functools.cache
 def load_extension() -> ModuleType:
+    # Our OpenMP runtime and torch's are two thread pools on the same cores: threads that
+    # spin after a parallel region steal the cores from the next GEMM. Waiting passively
+    # costs a few microseconds per tile; the user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from pyzsl import _C
     except ImportError as e:  # pragma: no cover - depends on the install

@@ -35,11 +35,12 @@ REDUCTIONS = ("none", "sum", "mean")
 NEGATIVES = ("sum", "max")
 
 
-def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems):
+def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems, want_dT=True):
     """One pass over the class tiles.
 
     Returns per-row loss (B,), the hardest violator per row (B,) and, with ``want_grad``
-    (sum mode), dU (B×dt) and dT (C×dt) of ``sum_b w_b loss_b`` (w = row_weight or 1).
+    (sum mode), dU (B×dt) and dT (C×dt, None unless ``want_dT``) of ``sum_b w_b loss_b``
+    (w = row_weight or 1).
     """
     ext = load_extension()
     B, C = U.shape[0], T.shape[0]
@@ -54,7 +55,7 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
     dU = dT = None
     if want_grad:
         dU = torch.zeros_like(U)
-        dT = torch.zeros_like(T)
+        dT = torch.zeros_like(T) if want_dT else None
         WU = U if row_weight is None else U * row_weight[:, None]
     n = tile_columns(B, C, U, tile_elems)
     buf = torch.empty(B * n, dtype=dt, device=dev)
@@ -68,13 +69,15 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
                                    float(margin), hardest, want_grad, s)
         if want_grad and violators != 0:  # S now holds dL/dS of the tile (0/1)
             dU.addmm_(S, Tc)
-            torch.mm(S.T, WU, out=dT[c0:c1])
+            if want_dT:
+                torch.mm(S.T, WU, out=dT[c0:c1])
     raise_if_nonfinite(status, "the scores (V, M or T contains NaN/inf)")
     if want_grad:
         # the true class's column: dL/ds_{b,y_b} = -count_b
         cnt = count.to(dt)
         dU.sub_(cnt[:, None] * T[y])
-        dT.index_add_(0, y, -cnt[:, None] * WU)
+        if want_dT:
+            dT.index_add_(0, y, -cnt[:, None] * WU)
         if row_weight is not None:
             dU.mul_(row_weight[:, None])
     per_row = (best if hardest else loss).to(dt)
@@ -87,8 +90,9 @@ class _BilinearHinge(torch.autograd.Function):
         U = V @ M.T
         B = V.shape[0]
         early = any(ctx.needs_input_grad[:3]) and not hardest and reduction != "none"
+        # dT costs a third of the GEMMs: skip it when T is fixed (e.g. class embeddings)
         per_row, best_idx, dU, dT = _sweep(U, T, y, margin, class_mask, hardest, early, None,
-                                           tile_elems)
+                                           tile_elems, want_dT=ctx.needs_input_grad[2])
         scale = 1.0 / B if reduction == "mean" else 1.0
         ctx.reduction, ctx.hardest, ctx.margin, ctx.tile_elems = reduction, hardest, margin, tile_elems
         ctx.scale = scale
@@ -111,10 +115,10 @@ class _BilinearHinge(torch.autograd.Function):
             dT = torch.zeros_like(T).index_add_(0, j, wU).index_add_(0, y, -wU)
         elif ctx.reduction == "none":
             _, _, dU, dT = _sweep(U, T, y, ctx.margin, class_mask, False, True, g.to(U.dtype),
-                                  ctx.tile_elems)
+                                  ctx.tile_elems, want_dT=ctx.needs_input_grad[2])
         else:
             dU = dU * (g * ctx.scale)
-            dT = dT * (g * ctx.scale)
+            dT = dT * (g * ctx.scale) if dT is not None else None
         dV = dU @ M if ctx.needs_input_grad[0] else None
         dM = dU.T @ V if ctx.needs_input_grad[1] else None
         dT = dT if ctx.needs_input_grad[2] else None

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from pyzsl.zsl._base import BilinearZSL
 from pyzsl.zsl.data import ZSLData
-from pyzsl.zsl.gzsl import CalibrationCurve, GZSLResult, calibration_curve, evaluate_gzsl, evaluate_zsl
+from pyzsl.zsl.gzsl import (
+    CalibrationCurve,
+    GZSLResult,
+    calibration_curve,
+    evaluate_gzsl,
+    evaluate_zsl,
+    per_class_accuracy,
+)
 
 __all__ = ["ProtocolResult", "run_protocol"]
 
@@ -38,6 +45,7 @@ class ProtocolResult:
     val_curve: CalibrationCurve
     test_curve: CalibrationCurve | None
     fit_time: float             # seconds to fit on trainval
+    zsl_pred: np.ndarray = field(repr=False)  # ZSL predictions on test_unseen_loc
 
 
 def run_protocol(make_model: Callable[[], BilinearZSL], data: ZSLData, test_curve_points: int = 0) -> ProtocolResult:
@@ -60,7 +68,8 @@ def run_protocol(make_model: Callable[[], BilinearZSL], data: ZSLData, test_curv
     t0 = time.perf_counter()
     m = make_model().fit(X[data.trainval_loc], y[data.trainval_loc], T)
     fit_time = time.perf_counter() - t0
-    zsl = evaluate_zsl(m, T, X[data.test_unseen_loc], y[data.test_unseen_loc], data.unseen_classes)
+    zsl_pred = m.predict(X[data.test_unseen_loc], T, candidates=data.unseen_classes)
+    zsl = per_class_accuracy(y[data.test_unseen_loc], zsl_pred)
     ts, tu = data.test_seen_loc, data.test_unseen_loc
     g0 = evaluate_gzsl(m, T, X[ts], y[ts], X[tu], y[tu])
     g1 = evaluate_gzsl(m, T, X[ts], y[ts], X[tu], y[tu], seen_penalty=gamma)
@@ -72,4 +81,4 @@ def run_protocol(make_model: Callable[[], BilinearZSL], data: ZSLData, test_curv
         grid = np.linspace(min(lo, 0.0, gamma) - 0.1 * span, max(hi, gamma) + 0.1 * span, test_curve_points)
         tcurve = calibration_curve(m, T, X[ts], y[ts], X[tu], y[tu], penalties=grid)
     return ProtocolResult(zsl, zsl_val, g0, g1, gamma, float(val_curve.H[i0]), float(val_curve.H[i]),
-                          val_curve, tcurve, fit_time)
+                          val_curve, tcurve, fit_time, zsl_pred)
