@@ -407,7 +407,7 @@ def main(argv=None) -> int:
                              "size": f"batch{DATASETS[r['dataset']]['batch']}",
                              "ms_step": r["ms"], "ms_p20": r["p20"], "ms_p80": r["p80"], "x_plain": r["x_plain"],
                              "threads": args.threads})
-    path = write_rows("mtl", csv_rows)
+    path = write_rows("mtl", _uniform(csv_rows))
     print(f"\nrows appended to {path}; training wall time {train_wall:.0f} s, total {time.perf_counter() - t0:.0f} s")
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")
@@ -420,6 +420,15 @@ def main(argv=None) -> int:
         plot(summaries, out)
         print(f"Pareto plot: {out}")
     return 0
+
+
+CSV_COLUMNS = ["impl", "mode", "size", "epochs", "steps", "test_acc", "test_acc_std", "val_acc", "ms_step",
+               "ms_p20", "ms_p80", "x_plain", "conflict_frac", "conflict_after_frac", "threads"]
+
+
+def _uniform(rows: list[dict]) -> list[dict]:
+    """Every row with the same columns (the CSV header is taken from the first row)."""
+    return [{c: r.get(c, "") for c in CSV_COLUMNS} for r in rows]
 
 
 def _check_bar(rows: list[dict], results: list[dict]) -> None:

@@ -2,9 +2,8 @@
 //
 // Both passes stream G once, in chunks of columns:
 //   Gram:    4×4 register tiles of the upper triangle accumulate products in float64 vectors
-//            (the product of two float32 is exact in float64). The diagonal tiles read G
-//            (and leave a float64 copy of the chunk in L2 for the off-diagonal tiles); the
-//            next chunk is prefetched meanwhile. Fixed column groups are taken dynamically by
+//            (the product of two float32 is exact in float64), over chunks of columns that
+//            stay in L2 while the tiles re-read them; the next chunk is prefetched meanwhile. Fixed column groups are taken dynamically by
 //            the threads and their partial Grams summed in group order: the result does not
 //            depend on the thread count or on which thread ran what.
 //   combine: out = Σ_j w_j g_j, rows in groups of 8, accumulated in float64.
@@ -194,9 +193,12 @@ PCG_INLINE double hsum(const typename Vec<W>::type& v) {
 }
 
 // Off-diagonal 4×4 tile: acc[4r+c] += Σ_p a_r[p] b_c[p] over n columns (n a multiple of W).
-template <int W>
-PCG_INLINE void tile_off(const double* a0, const double* a1, const double* a2, const double* a3,
-                         const double* b0, const double* b1, const double* b2, const double* b3,
+// float32 rows are converted again here (from L2) rather than kept as a float64 copy: the
+// conversions issue beside the FMAs, a copy's stores and loads do not (T = 8: 1.9 vs 3.5 ns
+// per column).
+template <int W, class R>
+PCG_INLINE void tile_off(const R* a0, const R* a1, const R* a2, const R* a3,
+                         const R* b0, const R* b1, const R* b2, const R* b3,
                          int64_t n, double* acc) {
   typedef typename Vec<W>::type vd;
 #define PCG_A(e) vload<W>(acc + (e) * W)
@@ -205,14 +207,14 @@ PCG_INLINE void tile_off(const double* a0, const double* a1, const double* a2, c
   vd s20 = PCG_A(8), s21 = PCG_A(9), s22 = PCG_A(10), s23 = PCG_A(11);
   vd s30 = PCG_A(12), s31 = PCG_A(13), s32 = PCG_A(14), s33 = PCG_A(15);
   for (int64_t p = 0; p < n; p += W) {
-    const vd y0 = vload<W>(b0 + p), y1 = vload<W>(b1 + p), y2 = vload<W>(b2 + p), y3 = vload<W>(b3 + p);
-    vd x = vload<W>(a0 + p);
+    const vd y0 = vload_s<W>(b0 + p), y1 = vload_s<W>(b1 + p), y2 = vload_s<W>(b2 + p), y3 = vload_s<W>(b3 + p);
+    vd x = vload_s<W>(a0 + p);
     s00 += x * y0; s01 += x * y1; s02 += x * y2; s03 += x * y3;
-    x = vload<W>(a1 + p);
+    x = vload_s<W>(a1 + p);
     s10 += x * y0; s11 += x * y1; s12 += x * y2; s13 += x * y3;
-    x = vload<W>(a2 + p);
+    x = vload_s<W>(a2 + p);
     s20 += x * y0; s21 += x * y1; s22 += x * y2; s23 += x * y3;
-    x = vload<W>(a3 + p);
+    x = vload_s<W>(a3 + p);
     s30 += x * y0; s31 += x * y1; s32 += x * y2; s33 += x * y3;
   }
 #define PCG_S(e, v) vstore<W>(acc + (e) * W, v)
@@ -222,14 +224,12 @@ PCG_INLINE void tile_off(const double* a0, const double* a1, const double* a2, c
   PCG_S(12, s30); PCG_S(13, s31); PCG_S(14, s32); PCG_S(15, s33);
 }
 
-// Diagonal 4×4 tile: only the 10 pairs r ≤ c (acc[4r+c]), read from the source rows a0..a3.
-// STORE: also write their float64 copy to d0..d3 for the off-diagonal tiles (float32 input).
-// The diagonal tiles meet every row once per chunk, so they also prefetch these rows of the
-// next chunk (f0..f3, up to nf columns): DRAM works while the tiles compute.
-template <int W, class S, bool STORE>
-PCG_INLINE void tile_diag(const S* a0, const S* a1, const S* a2, const S* a3, double* d0, double* d1,
-                          double* d2, double* d3, int64_t n, double* acc, const S* f0, const S* f1,
-                          const S* f2, const S* f3, int64_t nf) {
+// Diagonal 4×4 tile: only the 10 pairs r ≤ c (acc[4r+c]). The diagonal tiles meet every row
+// once per chunk, so they also prefetch these rows of the next chunk (f0..f3, up to nf
+// columns), a few hints per iteration: DRAM works while the tiles compute.
+template <int W, class S>
+PCG_INLINE void tile_diag(const S* a0, const S* a1, const S* a2, const S* a3, int64_t n, double* acc,
+                          const S* f0, const S* f1, const S* f2, const S* f3, int64_t nf) {
   typedef typename Vec<W>::type vd;
   constexpr int64_t E = 64 / sizeof(S);  // elements per cache line
   vd s00 = PCG_A(0), s01 = PCG_A(1), s02 = PCG_A(2), s03 = PCG_A(3);
@@ -245,12 +245,6 @@ PCG_INLINE void tile_diag(const S* a0, const S* a1, const S* a2, const S* a3, do
     }
     const vd x0 = vload_s<W>(a0 + p), x1 = vload_s<W>(a1 + p), x2 = vload_s<W>(a2 + p),
              x3 = vload_s<W>(a3 + p);
-    if (STORE) {
-      vstore<W>(d0 + p, x0);
-      vstore<W>(d1 + p, x1);
-      vstore<W>(d2 + p, x2);
-      vstore<W>(d3 + p, x3);
-    }
     s00 += x0 * x0; s01 += x0 * x1; s02 += x0 * x2; s03 += x0 * x3;
     s11 += x1 * x1; s12 += x1 * x2; s13 += x1 * x3;
     s22 += x2 * x2; s23 += x2 * x3;
@@ -284,8 +278,8 @@ std::vector<Item> make_items(const PCGradArgs& a, int64_t chunk) {
 }
 
 // Columns per Gram chunk: the float64 copy of T (padded to 4) rows fits in about 24 KB of L1.
-// Columns per Gram chunk: the float64 copy of T (padded to 4) rows takes about 160 KB of L2;
-// rows of 10 KB (T = 8) keep the hardware prefetchers going between the software hints.
+// Columns per Gram chunk: T (padded to 4) rows of 160 KB / (8·Tp) columns stay in L2 while
+// the tiles re-read them; rows of 10 KB (T = 8, float32) keep the hardware prefetchers going.
 int64_t gram_chunk(int64_t Tp) { return std::max<int64_t>(64, (160 * 1024 / 8 / Tp) / 16 * 16); }
 constexpr int64_t kCombineChunk = 2048;  // columns; the float64 accumulator is 16 KB
 
@@ -298,22 +292,18 @@ PCG_INLINE void prefetch_line(const S* p) {
 }
 constexpr int64_t kLine = 64;
 
-// Gram of items [i0, i1) into part (one T×T upper triangle per block from layer0 on, accumulated). Per chunk: the
-// diagonal tiles read G (converting float32 rows to a float64 copy in L2 when there are
-// off-diagonal tiles), the off-diagonal tiles read that copy (float64 input: G itself), and
-// the last < W columns of a block take a scalar loop.
+// Gram of items [i0, i1) into part (one T×T upper triangle per block from layer0 on,
+// accumulated). Per chunk: the diagonal tiles, then the off-diagonal ones (G's rows now in
+// L2), then a scalar loop over the last < W columns of a block.
 template <class S, int W>
 PCG_INLINE void gram_items(const Job& job, int64_t i0, int64_t i1, double* part, int64_t layer0) {
-  constexpr bool f32 = sizeof(S) == 4;
   const PCGradArgs& a = *job.args;
   const int64_t T = job.T, Tp = (T + 3) / 4 * 4, nb = Tp / 4, CH = gram_chunk(Tp);
-  std::vector<double> buf(f32 && nb > 1 ? static_cast<size_t>(Tp * CH) : 0);
   const std::vector<S> zero(static_cast<size_t>(CH), S(0));  // the rows beyond T
   // per-lane float64 sums of each tile (bi, bj) at (bi·nb + bj)·16·W, kept across the chunks
   // of a gradient block; `tail` the scalar sums of the last columns
   std::vector<double> acc(static_cast<size_t>(nb * nb * 16 * W), 0.0), tail(static_cast<size_t>(T * T), 0.0);
   std::vector<const S*> src(Tp), nxt(Tp);
-  std::vector<const double*> rows(Tp);
   int64_t layer = -1;
   auto flush = [&]() {
     if (layer < 0) return;
@@ -347,25 +337,16 @@ PCG_INLINE void gram_items(const Job& job, int64_t i0, int64_t i1, double* part,
       }
     }
     for (int64_t bi = 0; bi < nb; ++bi) {
-      const int64_t r = 4 * bi;
-      double* acc_t = acc.data() + (bi * nb + bi) * 16 * W;
-      if (f32 && nb > 1) {
-        double* d = buf.data() + r * CH;
-        tile_diag<W, S, true>(src[r], src[r + 1], src[r + 2], src[r + 3], d, d + CH, d + 2 * CH, d + 3 * CH,
-                              nv, acc_t, nxt[r], nxt[r + 1], nxt[r + 2], nxt[r + 3], nf);
-        for (int k = 0; k < 4; ++k) rows[r + k] = d + k * CH;
-      } else {
-        tile_diag<W, S, false>(src[r], src[r + 1], src[r + 2], src[r + 3], nullptr, nullptr, nullptr,
-                               nullptr, nv, acc_t, nxt[r], nxt[r + 1], nxt[r + 2], nxt[r + 3], nf);
-        if (!f32)
-          for (int k = 0; k < 4; ++k) rows[r + k] = reinterpret_cast<const double*>(src[r + k]);
-      }
+      const S* const* x = src.data() + 4 * bi;
+      const S* const* f = nxt.data() + 4 * bi;
+      tile_diag<W, S>(x[0], x[1], x[2], x[3], nv, acc.data() + (bi * nb + bi) * 16 * W, f[0], f[1], f[2],
+                      f[3], nf);
     }
     for (int64_t bi = 0; bi < nb; ++bi)
       for (int64_t bj = bi + 1; bj < nb; ++bj) {
-        const double* const* x = rows.data() + 4 * bi;
-        const double* const* y = rows.data() + 4 * bj;
-        tile_off<W>(x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3], nv, acc.data() + (bi * nb + bj) * 16 * W);
+        const S* const* x = src.data() + 4 * bi;
+        const S* const* y = src.data() + 4 * bj;
+        tile_off<W, S>(x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3], nv, acc.data() + (bi * nb + bj) * 16 * W);
       }
     for (int64_t p = nv; p < n; ++p)  // the last < W columns
       for (int64_t i = 0; i < T; ++i) {
