@@ -79,6 +79,8 @@ def main(argv=None):
         _, i1 = csls(X[:2000], Z, 1, knn=10, src=X, normalize=False, backend="pyzsl")
         _, i2 = csls(X[:2000], Z, 1, knn=10, src=X, normalize=False, backend="torch")
         print(f"N={N}: CSLS top-1 agreement pyzsl vs torch on 2000 queries: {(i1 == i2).float().mean().item():.4f}")
+        print(table([r for r in rows if r["size"] == f"N={N} d={a.dim}"],
+                    ["size", "mode", "impl", "p50_ms", "floor_ms", "vs_floor", "vs_torch", "vs_faiss"]), flush=True)
     print(table(rows, ["size", "mode", "impl", "p50_ms", "p20_ms", "p80_ms", "floor_ms", "vs_floor", "vs_torch",
                        "vs_faiss"]))
     print("vs_floor: time / the bare matrix products (1.0 = the GEMMs alone); vs_torch, vs_faiss: their time / this "
