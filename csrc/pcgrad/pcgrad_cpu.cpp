@@ -3,9 +3,9 @@
 // Both passes stream G once, in chunks of columns:
 //   Gram:    4×4 register tiles of the upper triangle accumulate products in float64 vectors
 //            (the product of two float32 is exact in float64), over chunks of columns that
-//            stay in L2 while the tiles re-read them; the next chunk is prefetched meanwhile. Fixed column groups are taken dynamically by
-//            the threads and their partial Grams summed in group order: the result does not
-//            depend on the thread count or on which thread ran what.
+//            stay in L2 while the tiles re-read them; the next chunk is prefetched meanwhile.
+//            Fixed column groups are taken dynamically by the threads and their partial
+//            Grams summed in group order: the result does not depend on the thread count.
 //   combine: out = Σ_j w_j g_j, rows in groups of 8, accumulated in float64.
 // Vector code is written once with GCC/Clang vector extensions and compiled for AVX-512,
 // AVX2+FMA and the baseline (SSE2/NEON), picked at run time from the CPU's features.
@@ -277,7 +277,6 @@ std::vector<Item> make_items(const PCGradArgs& a, int64_t chunk) {
   return items;
 }
 
-// Columns per Gram chunk: the float64 copy of T (padded to 4) rows fits in about 24 KB of L1.
 // Columns per Gram chunk: T (padded to 4) rows of 160 KB / (8·Tp) columns stay in L2 while
 // the tiles re-read them; rows of 10 KB (T = 8, float32) keep the hardware prefetchers going.
 int64_t gram_chunk(int64_t Tp) { return std::max<int64_t>(64, (160 * 1024 / 8 / Tp) / 16 * 16); }

@@ -283,7 +283,7 @@ def self_learning(
     stochastic_interval: int = 3,
     threshold: float = 1e-3,
     max_iter: int = 200,
-    keep_seed: bool = True,
+    keep_seed: bool | None = None,
     n_candidates: int = 32,
     unsupervised_vocab: int = 4000,
     final_options: dict[str, Any] | None = None,
@@ -298,7 +298,9 @@ def self_learning(
     ``vocab_cutoff`` rows take part in the induction). ``seed``: int pairs (n, 2) of rows, or
     ``"identical"`` / ``"numerals"`` (need ``src_words``/``tgt_words``) or ``"unsupervised"``.
     ``keep_prob``: initial probability of stochastic induction (default 0.1 for the unsupervised
-    seed, 1.0 otherwise). ``keep_seed``: always add the seed pairs to the induced dictionary.
+    seed, 1.0 otherwise). ``keep_seed``: always add the seed pairs to the induced dictionary
+    (default: for a given dictionary of pairs, not for the heuristic seeds ``"identical"``,
+    ``"numerals"``, ``"unsupervised"``, whose wrong pairs would stay forever).
     ``final_options``: keyword options of :func:`procrustes` for the last fit
     (e.g. ``VECMAP_SUPERVISED``); ``None`` keeps the orthogonal map.
     """
@@ -319,6 +321,8 @@ def self_learning(
     seed_pairs = _resolve_seed(seed, X, Z, src_words, tgt_words, unsupervised_vocab, csls_knn)
     if keep_prob is None:
         keep_prob = 0.1 if isinstance(seed, str) and seed == "unsupervised" else 1.0
+    if keep_seed is None:
+        keep_seed = not isinstance(seed, str)
     gen = torch.Generator().manual_seed(random_state)
     n_cut, m_cut = min(vocab_cutoff, X.shape[0]), min(vocab_cutoff, Z.shape[0])
     Xc, Zc = X[:n_cut], Z[:m_cut]

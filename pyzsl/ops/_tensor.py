@@ -119,11 +119,11 @@ def pick_backend(backend: str, x: Tensor) -> str:
 def tile_columns(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> int:
     """Columns per score tile: a B×n tile of at most ``tile_elems`` elements.
 
-    Defaults: 2M elements on the CPU (8 MB float32: large enough for an efficient GEMM,
-    small enough to stay near the caches), 32M on CUDA (128 MB).
+    Defaults: 16M elements on the CPU (64 MB float32: measured, larger tiles keep MKL's GEMM
+    near its full speed, which matters more than cache reuse here), 32M on CUDA (128 MB).
     """
     if tile_elems is None:
-        tile_elems = (1 << 25) if x.is_cuda else (1 << 21)
+        tile_elems = (1 << 25) if x.is_cuda else (1 << 24)
     return max(1, min(cols, tile_elems // max(rows, 1)))
 
 

@@ -144,7 +144,7 @@ def bilinear_hinge_loss(
     ``negatives="max"`` only the largest of those terms. Equals
     :func:`pyzsl.ops._reference.bilinear_hinge_loss` (which builds ``V @ M.T @ T.T``)
     without allocating the B×C matrix. Extra memory: O((B + C)·dt) for U and the
-    gradients, plus one B×n tile of ``tile_elems`` elements (default 8 MB on the CPU,
+    gradients, plus one B×n tile of ``tile_elems`` elements (default 64 MB on the CPU,
     128 MB on CUDA).
 
     Args:

@@ -14,6 +14,11 @@ This equals the per-pair loop of the common PyTorch ports (:func:`pyzsl.ops._ref
 with O(T·P) fewer memory: extra memory is O(T²) per block on the CPU, plus O(#CUDA blocks · T²)
 partial Grams on CUDA. A list of blocks (``T×P_l``, e.g. one per layer) is layer-wise PCGrad in
 one call: each block gets its own Gram and coefficients, with the same task order.
+
+CPU: OpenMP over fixed column groups (the Gram does not depend on the thread count); on
+Linux, large outputs are advised to use transparent huge pages before their first write
+(first-touch 4 KB page faults on a fresh 40 MB update cost more than the pass that writes it);
+``out=`` avoids the fresh allocation altogether. CUDA: three launches on the current stream.
 """
 from __future__ import annotations
 

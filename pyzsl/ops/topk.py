@@ -57,7 +57,7 @@ def bilinear_topk(
     Equals ``torch.topk(V @ M.T @ T.T + class_bias, k)`` (masked classes excluded) without
     forming the B×C matrix: the caller's BLAS computes one B×n score tile at a time and the
     kernel merges it into the running top-k. Extra memory: O(B·dt + B·k) plus one tile of
-    ``tile_elems`` elements (default 8 MB on the CPU, 128 MB on CUDA). At 200k × 200k words,
+    ``tile_elems`` elements (default 64 MB on the CPU, 128 MB on CUDA). At 200k × 200k words,
     d = 300, float32: 240 MB per matrix, 16 MB of results, one tile: about 0.5 GB in all.
 
     Args:
