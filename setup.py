@@ -115,6 +115,16 @@ class BuildExt(build_ext):
             ext.libraries = list(ext.libraries or []) + ["cudart_static", "dl", "rt", "pthread"]
         super().build_extension(ext)
 
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        """--inplace: replace the .so by rename, never by rewriting it, so that running
+        processes that have it mapped keep their copy instead of crashing."""
+        if not str(outfile).endswith(".so"):
+            return super().copy_file(infile, outfile, *args, **kwargs)
+        tmp = f"{outfile}.{os.getpid()}.tmp"
+        shutil.copy2(infile, tmp)
+        os.replace(tmp, outfile)
+        return outfile, 1
+
 
 class BuildPy(build_py):
     """Ships the embedded default data (the project's data/) inside the package as pyzsl/data,

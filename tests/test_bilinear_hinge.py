@@ -1,4 +1,6 @@
 """The fused bilinear hinge loss against the plain-PyTorch reference."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,23 @@ def test_build_info_reports_what_was_built():
     assert isinstance(info["cuda"], bool) and info["cuda_devices"] >= 0
     if info["cuda"]:
         assert info["cuda_archs"]
+
+
+def test_type_stubs_match_the_extension():
+    """pyzsl/_C.pyi declares every function of the extension with pybind's argument names."""
+    from pathlib import Path
+
+    from pyzsl import _C
+
+    stub = (Path(pyzsl.__file__).parent / "_C.pyi").read_text()
+    declared = dict(re.findall(r"^def (\w+)\((.*?)\) ->", stub, flags=re.M | re.S))
+    compiled = {n: f for n, f in vars(_C).items() if callable(f) and not n.startswith("_")}
+    assert set(declared) == set(compiled)
+    for name, fn in compiled.items():
+        # pybind's first docstring line: name(arg0: type, arg1: type = default) -> ret
+        sig = fn.__doc__.splitlines()[0]
+        want = re.findall(r"(\w+): ", sig[sig.index("(") : sig.rindex(") ->")])
+        assert re.findall(r"(\w+): ", declared[name]) == want, name
 
 
 @pytest.mark.parametrize("size", SIZES)

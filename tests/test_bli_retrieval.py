@@ -161,6 +161,13 @@ def test_argument_errors():
         R.inverted_softmax(Q, T, beta=0)
     with pytest.raises(TypeError, match="floating point"):
         R.nn(torch.ones(3, 4, dtype=torch.int64), T)
+    # nothing is cast or moved behind the caller's back
+    with pytest.raises(TypeError, match="Q: expected float32 or float64, got torch.float16"):
+        R.topk(Q.half(), T, 1)
+    with pytest.raises(ValueError, match="T: is torch.float64 on cpu, the queries are torch.float32"):
+        R.topk(Q, T.double(), 1)
+    with pytest.raises(ValueError, match="bias: is torch.float64"):
+        R.topk(Q, T, 1, torch.zeros(5, dtype=torch.float64))
     assert R.topk(Q, T, 99)[1].shape == (3, 5)  # k clipped to the number of targets
     assert R.knn_mean(Q, T, knn=50).shape == (3,)
 

@@ -5,6 +5,7 @@ import torch
 
 from pyzsl.ops import _reference as ref
 from pyzsl.ops import bilinear_topk
+from pyzsl.ops.topk import bilinear_topk_heads
 
 SIZES = [(1, 1, 1, 1, 1), (1, 3, 2, 7, 3), (7, 5, 4, 13, 13), (31, 17, 11, 257, 10), (2, 3, 3, 1009, 50), (13, 8, 6, 2, 1)]
 
@@ -148,3 +149,47 @@ def test_several_row_blocks(device):
     # more rows than one row block (2048 on the CPU): blocks must not mix their results
     V, M, T = make(2100, 4, 3, 37, device, seed=3)
     assert_same_topk(bilinear_topk(V, M, T, 5, backend="pyzsl", tile_elems=4096), ref.bilinear_topk(V, M, T, 5))
+
+
+@pytest.mark.parametrize("B,dv,dt,C,k", SIZES)
+def test_heads_equal_separate_sweeps(device, B, dv, dt, C, k):
+    # one sweep, several (k, mask, bias) heads: each equals its own bilinear_topk
+    V, M, T = make(B, dv, dt, C, device)
+    heads = [(k, None, None),
+             (max(1, k // 2), torch.rand(C, device=device) > 0.4, None),
+             (k, None, torch.randn(C, dtype=V.dtype, device=device))]
+    got = bilinear_topk_heads(V, M, T, heads, tile_elems=2 * B + 1)
+    assert len(got) == len(heads)
+    for ours, (kh, mask, bias) in zip(got, heads):
+        assert_same_topk(ours, ref.bilinear_topk(V, M, T, kh, mask, bias))
+
+
+def test_heads_bad_arguments():
+    V, M, T = make(3, 4, 4, 9, "cpu")
+    with pytest.raises(ValueError, match="heads: expected at least one"):
+        bilinear_topk_heads(V, M, T, [])
+    with pytest.raises(ValueError, match=r"k: expected an int in \[1, 9\]"):
+        bilinear_topk_heads(V, M, T, [(1, None, None), (10, None, None)])
+    with pytest.raises(ValueError, match="class_bias"):
+        bilinear_topk_heads(V, M, T, [(1, None, torch.zeros(8, dtype=V.dtype))])
+    with pytest.raises(TypeError, match="float16"):
+        bilinear_topk_heads(V.half(), M.half(), T.half(), [(1, None, None)])
+
+
+@pytest.mark.parametrize("gemm", ["numpy", "torch"])
+def test_either_cpu_blas_gives_the_same_topk(monkeypatch, gemm):
+    from pyzsl.ops import _tensor
+
+    monkeypatch.setenv("PYZSL_CPU_GEMM", gemm)
+    _tensor.cpu_gemm.cache_clear()
+    try:
+        assert _tensor.cpu_gemm() == gemm
+        V, M, T = make(29, 7, 5, 211, "cpu")
+        assert_same_topk(bilinear_topk(V, M, T, 6, backend="pyzsl", tile_elems=100),
+                         ref.bilinear_topk(V, M, T, 6))
+        monkeypatch.setenv("PYZSL_CPU_GEMM", "blis")
+        _tensor.cpu_gemm.cache_clear()
+        with pytest.raises(ValueError, match="PYZSL_CPU_GEMM: expected 'numpy' or 'torch', got 'blis'"):
+            _tensor.cpu_gemm()
+    finally:
+        _tensor.cpu_gemm.cache_clear()

@@ -42,13 +42,35 @@ void validate(const TopkTileArgs& a) {
   }
 }
 
+// Columns per block of the sweep: a block whose vectorised maximum does not beat the k-th
+// best is rejected whole; only the rare others are walked one column at a time.
+constexpr int64_t kBlock = 64;
+
 template <typename T>
+inline void insert(T s, int64_t col, int64_t k, T* vals, int64_t* idx) {
+  // insertion into the sorted list; equal values stay ahead (smaller index first)
+  int64_t p = k - 1;
+  while (p > 0 && vals[p - 1] < s) {
+    vals[p] = vals[p - 1];
+    idx[p] = idx[p - 1];
+    --p;
+  }
+  vals[p] = s;
+  idx[p] = col;
+}
+
+template <typename T, bool kBias>
 void run(const TopkTileArgs& a) {
   const int64_t B = a.scores.size(0), n = a.scores.size(1), k = a.values.size(1);
   const T* S = a.scores.ptr<T>();
-  const T* bias = a.class_bias.given ? a.class_bias.ptr<T>() + a.col0 : nullptr;
+  const T* bias = kBias ? a.class_bias.ptr<T>() + a.col0 : nullptr;
   const bool* mask = a.class_mask.given ? a.class_mask.ptr<bool>() + a.col0 : nullptr;
   int nonfinite = 0;
+  if (kBias) {
+    // a NaN or +inf bias would win or poison every row; -inf is a valid "never"
+    for (int64_t j = 0; j < n; ++j)
+      if (std::isnan(bias[j]) || bias[j] == std::numeric_limits<T>::infinity()) nonfinite = 1;
+  }
 
 #pragma omp parallel for schedule(static) reduction(| : nonfinite) if (B * n >= kParallelMinElems)
   for (int64_t b = 0; b < B; ++b) {
@@ -56,30 +78,25 @@ void run(const TopkTileArgs& a) {
     T* vals = a.values.ptr<T>() + b * k;
     int64_t* idx = a.indices.ptr<int64_t>() + b * k;
     T thr = vals[k - 1];  // a column must beat the current k-th best strictly
-    for (int64_t j = 0; j < n; ++j) {
-      T s = row[j];
-      if (bias) s += bias[j];
-      // one comparison rejects almost every column; the rare others pay for the checks
-      if (!(s > thr)) {
-        if (std::isnan(s) || std::isinf(row[j])) nonfinite = 1;
-        continue;
+    T chk = 0;            // NaN iff some score is NaN or inf
+    for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+      const int64_t j1 = j0 + kBlock < n ? j0 + kBlock : n;
+      T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx) reduction(+ : chk)
+      for (int64_t j = j0; j < j1; ++j) {
+        const T s = kBias ? row[j] + bias[j] : row[j];
+        chk += row[j] - row[j];
+        mx = s > mx ? s : mx;
       }
-      if (!std::isfinite(s)) {
-        nonfinite = 1;
-        continue;
+      if (!(mx > thr)) continue;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T s = kBias ? row[j] + bias[j] : row[j];
+        if (!(s > thr) || !std::isfinite(s) || (mask && !mask[j])) continue;
+        insert(s, a.col0 + j, k, vals, idx);
+        thr = vals[k - 1];
       }
-      if (mask && !mask[j]) continue;
-      // insertion into the sorted list; equal values stay ahead (smaller index first)
-      int64_t p = k - 1;
-      while (p > 0 && vals[p - 1] < s) {
-        vals[p] = vals[p - 1];
-        idx[p] = idx[p - 1];
-        --p;
-      }
-      vals[p] = s;
-      idx[p] = a.col0 + j;
-      thr = vals[k - 1];
     }
+    if (chk != chk) nonfinite = 1;
   }
   if (nonfinite) a.status.ptr<int32_t>()[0] = 1;
 }
@@ -87,10 +104,11 @@ void run(const TopkTileArgs& a) {
 }  // namespace
 
 void topk_tile_cpu(const TopkTileArgs& a) {
-  if (a.scores.dtype == DType::Float32)
-    run<float>(a);
+  const bool f32 = a.scores.dtype == DType::Float32, biased = a.class_bias.given;
+  if (f32)
+    biased ? run<float, true>(a) : run<float, false>(a);
   else
-    run<double>(a);
+    biased ? run<double, true>(a) : run<double, false>(a);
 }
 
 void topk_tile(const TopkTileArgs& a, uintptr_t stream) {

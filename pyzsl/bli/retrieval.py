@@ -57,11 +57,24 @@ def _as_matrix(x, name: str, like: Tensor | None = None) -> Tensor:
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected floating point values, got {x.dtype}")
     if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
+        raise TypeError(f"{name}: expected float32 or float64, got {x.dtype} (cast it with .float())")
     if like is not None:
         if x.shape[1] != like.shape[1]:
             raise ValueError(f"{name}: has {x.shape[1]} dims, the queries have {like.shape[1]}")
-        x = x.to(device=like.device, dtype=like.dtype)
+        if (x.device, x.dtype) != (like.device, like.dtype):
+            # a silent copy of a 200k-row matrix would double memory: the caller decides
+            raise ValueError(f"{name}: is {x.dtype} on {x.device}, the queries are {like.dtype} on "
+                             f"{like.device}; move or cast one of them first")
+    return x
+
+
+def _as_vector(x, name: str, n: int, like: Tensor) -> Tensor:
+    x = torch.as_tensor(x)
+    if (x.device, x.dtype) != (like.device, like.dtype):
+        raise ValueError(f"{name}: is {x.dtype} on {x.device}, the queries are {like.dtype} on {like.device}")
+    x = x.reshape(-1)
+    if x.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} values (one per target), got {x.shape[0]}")
     return x
 
 
@@ -135,9 +148,7 @@ def topk(Q, T, k: int, bias: Tensor | None = None, *, backend: str = "auto",
         raise ValueError(f"k: expected a positive int, got {k!r}")
     k = min(k, C)
     if bias is not None:
-        bias = torch.as_tensor(bias).to(device=Q.device, dtype=Q.dtype).reshape(-1).contiguous()
-        if bias.shape[0] != C:
-            raise ValueError(f"bias: expected {C} values (one per target), got {bias.shape[0]}")
+        bias = _as_vector(bias, "bias", C, like=Q).contiguous()
     be = resolve_backend(backend, Q)
     if Q.shape[0] == 0:
         return (torch.empty(0, k, dtype=Q.dtype, device=Q.device),
@@ -232,7 +243,9 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
             source vocabulary); default ``Q`` itself.
         r_T: precomputed ``knn_mean(T, src, knn)`` (unit rows), to reuse across query batches.
 
-    Cost: three top-k passes (C × |src|, B × C, B × C); memory as :func:`topk`, never B × C.
+    Cost: with the kernel, two GEMM passes (C × |src| for ``r_T``; B × C once for both ``r_Q``
+    and the retrieval, each score tile feeding two top-k's); otherwise three. Memory as
+    :func:`topk`, never B × C.
     """
     Q = _as_matrix(Q, "Q")
     T = _as_matrix(T, "T", like=Q)
@@ -244,11 +257,18 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
             S = unit(S)
         r_T = knn_mean(T, S, knn, backend=backend, chunk_bytes=chunk_bytes)
     else:
-        r_T = torch.as_tensor(r_T).to(device=Q.device, dtype=Q.dtype).reshape(-1)
-        if r_T.shape[0] != T.shape[0]:
-            raise ValueError(f"r_T: expected {T.shape[0]} values (one per target), got {r_T.shape[0]}")
-    r_Q = knn_mean(Q, T, knn, backend=backend, chunk_bytes=chunk_bytes)
-    v, j = topk(Q, T, k, -0.5 * r_T, backend=backend, chunk_bytes=chunk_bytes)
+        r_T = _as_vector(r_T, "r_T", T.shape[0], like=Q)
+    knn = min(knn, T.shape[0])
+    k = min(k, T.shape[0])
+    if resolve_backend(backend, Q) == "pyzsl" and Q.shape[0] > 0:
+        from pyzsl.ops.topk import bilinear_topk_heads
+
+        (near, _), (v, j) = bilinear_topk_heads(Q.contiguous(), None, T.contiguous(),
+                                                [(knn, None, None), (k, None, -0.5 * r_T)])
+        r_Q = near.mean(dim=1)
+    else:
+        r_Q = knn_mean(Q, T, knn, backend=backend, chunk_bytes=chunk_bytes)
+        v, j = topk(Q, T, k, -0.5 * r_T, backend=backend, chunk_bytes=chunk_bytes)
     return 2 * v - r_Q[:, None], j
 
 
@@ -278,9 +298,7 @@ def inverted_softmax(Q, T, k: int = 1, *, beta: float = 10.0, src=None, lse: Ten
             S = unit(S)
         lse = log_sum_exp_over(T, S, beta, chunk_bytes=chunk_bytes)
     else:
-        lse = torch.as_tensor(lse).to(device=Q.device, dtype=Q.dtype).reshape(-1)
-        if lse.shape[0] != T.shape[0]:
-            raise ValueError(f"lse: expected {T.shape[0]} values (one per target), got {lse.shape[0]}")
+        lse = _as_vector(lse, "lse", T.shape[0], like=Q)
     v, j = topk(Q, T, k, -lse / beta, backend=backend, chunk_bytes=chunk_bytes)
     return beta * v, j
 
