@@ -233,6 +233,18 @@ def nn(Q, T, k: int = 1, *, normalize: bool = True, backend: str = "auto",
     return topk(Q, T, k, backend=backend, chunk_bytes=chunk_bytes)
 
 
+def _spaces(Q, T, src, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, targets and the source space whose neighbourhoods score the targets
+    (default: the queries), validated and, with ``normalize``, unit length."""
+    Q = _as_matrix(Q, "Q")
+    T = _as_matrix(T, "T", like=Q)
+    S = None if src is None else _as_matrix(src, "src", like=Q)
+    if normalize:
+        Q, T = unit(Q), unit(T)
+        S = None if S is None else unit(S)
+    return Q, T, Q if S is None else S
+
+
 def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None,
          normalize: bool = True, backend: str = "auto",
          chunk_bytes: int = _CHUNK_BYTES) -> tuple[Tensor, Tensor]:
@@ -247,14 +259,8 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
     and the retrieval, each score tile feeding two top-k's); otherwise three. Memory as
     :func:`topk`, never B × C.
     """
-    Q = _as_matrix(Q, "Q")
-    T = _as_matrix(T, "T", like=Q)
-    if normalize:
-        Q, T = unit(Q), unit(T)
+    Q, T, S = _spaces(Q, T, src, normalize)
     if r_T is None:
-        S = Q if src is None else _as_matrix(src, "src", like=Q)
-        if normalize and src is not None:
-            S = unit(S)
         r_T = knn_mean(T, S, knn, backend=backend, chunk_bytes=chunk_bytes)
     else:
         r_T = _as_vector(r_T, "r_T", T.shape[0], like=Q)
@@ -288,14 +294,8 @@ def inverted_softmax(Q, T, k: int = 1, *, beta: float = 10.0, src=None, lse: Ten
     """
     if not beta > 0:
         raise ValueError(f"beta: expected a positive inverse temperature, got {beta!r}")
-    Q = _as_matrix(Q, "Q")
-    T = _as_matrix(T, "T", like=Q)
-    if normalize:
-        Q, T = unit(Q), unit(T)
+    Q, T, S = _spaces(Q, T, src, normalize)
     if lse is None:
-        S = Q if src is None else _as_matrix(src, "src", like=Q)
-        if normalize and src is not None:
-            S = unit(S)
         lse = log_sum_exp_over(T, S, beta, chunk_bytes=chunk_bytes)
     else:
         lse = _as_vector(lse, "lse", T.shape[0], like=Q)
