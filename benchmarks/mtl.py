@@ -2,11 +2,13 @@
 
     flock /tmp/pyzsl-bench.lock python benchmarks/mtl.py              # full run (~15 min, 2 idle cores)
     python benchmarks/mtl.py --quick                                   # a smoke run (~1 min)
-    python benchmarks/mtl.py --datasets multidigits --methods equal pcgrad mgda --md-epochs 8
+    python benchmarks/mtl.py --datasets multidigits --methods equal pcgrad mgda --timing-rounds 0
 
-multidigits (left / right digit, MultiLeNet of Sener & Koltun 2018, Adam 1e-3, batch 256,
-accuracy after the last epoch, as in the data README; 6 epochs by default to fit the budget,
-``--md-epochs 8`` is the README's protocol; channels-last convolutions) and wordtasks (POS / supersense from MiniLM
+multidigits (left / right digit, MultiLeNet of Sener & Koltun 2018, Adam 1e-3, batch 256, 8 epochs;
+test accuracy at the epoch with the best mean validation accuracy, chosen per method and seed on the
+val split, never on test; ``--md-select last`` gives the data README's last-epoch protocol;
+MGDA with Sener & Koltun's 'l2' gradient normalisation, chosen on validation, see --mgda-normalize;
+channels-last convolutions) and wordtasks (POS / supersense from MiniLM
 word vectors, MLP 384→512, Adam 1e-3 wd 1e-5, batch 128, test accuracy at the epoch with the best
 mean validation accuracy). Methods: single-task models, hard sharing with equal weighting,
 PCGrad, MGDA, CAGrad, GradNorm, cross-stitch (equal weighting); optional extras mgda-ub, imtlg,
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, table, write_rows  # noqa: E402
 
 DATASETS = {
-    "multidigits": {"tasks": ("left", "right"), "batch": 256, "lr": 1e-3, "wd": 0.0, "select": "last"},
+    "multidigits": {"tasks": ("left", "right"), "batch": 256, "lr": 1e-3, "wd": 0.0, "select": "best_val"},
     "wordtasks": {"tasks": ("pos", "supersense"), "batch": 128, "lr": 1e-3, "wd": 1e-5, "select": "best_val"},
 }
 CORE = ["single", "equal", "pcgrad", "mgda", "cagrad", "gradnorm", "cross-stitch"]
@@ -105,6 +107,7 @@ def run_job(job: dict) -> dict:
     spe = Xtr.shape[0] // cfg["batch"]
     steps = int(round(job["epochs"] * spe))
     best = {"score": -1.0}
+    select = job.get("select") or cfg["select"]
 
     curve = []
 
@@ -112,7 +115,7 @@ def run_job(job: dict) -> dict:
         if job.get("curves") and tr.step_count % spe == 0:
             curve.append(evaluate(model, Xte, yte))
             model.train()
-        if cfg["select"] == "best_val" and tr.step_count % spe == 0:
+        if select == "best_val" and tr.step_count % spe == 0:
             va = evaluate(model, Xva, yva)
             score = sum(va.values()) / len(va)
             if score > best["score"]:
@@ -121,7 +124,7 @@ def run_job(job: dict) -> dict:
     t0 = time.perf_counter()
     trainer.fit((Xtr, ytr), steps=steps, batch_size=cfg["batch"], progress=False, callback=on_step)
     wall = time.perf_counter() - t0
-    if cfg["select"] == "last" or best["score"] < 0:
+    if select == "last" or best["score"] < 0:
         best.update(val=evaluate(model, Xva, yva), test=evaluate(model, Xte, yte), epoch=steps / spe)
     st = sorted(trainer.step_times)
     return {**{k: job[k] for k in ("dataset", "method", "seed", "tasks")}, "steps": steps,
@@ -316,8 +319,11 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--methods", nargs="+", default=CORE, choices=CORE + EXTRA)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--md-epochs", type=float, default=6.0,
-                    help="multidigits epochs (6 fits the ~15 min budget on 2 cores; the data README's figures: 8)")
+    ap.add_argument("--md-epochs", type=float, default=8.0,
+                    help="multidigits epochs; test accuracy at the epoch with the best mean validation accuracy "
+                         "(per method and seed, chosen on the val split); the data README's figures: 8, last epoch")
+    ap.add_argument("--md-select", default="best_val", choices=["best_val", "last"],
+                    help="multidigits: evaluate at the best validation epoch (default) or after the last epoch")
     ap.add_argument("--wt-epochs", type=float, default=15.0,
                     help="wordtasks epochs, test accuracy at the best validation epoch (data README: 60)")
     ap.add_argument("--workers", type=int, default=2, help="training processes in parallel")
@@ -328,8 +334,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write all per-seed results here")
     ap.add_argument("--curves", action="store_true", help="also record test accuracy after every epoch")
-    ap.add_argument("--mgda-normalize", default="none", choices=["none", "l2", "loss", "loss+"],
-                    help="MGDA's gradient normalisation (Sener & Koltun 2018)")
+    ap.add_argument("--mgda-normalize", default="l2", choices=["none", "l2", "loss", "loss+"],
+                    help="MGDA's gradient normalisation (Sener & Koltun 2018): weights found on g_i / d_i, "
+                         "applied to the raw g_i as in their code. Default 'l2' (d_i = ||g_i||): on multidigits' "
+                         "val split (3 seeds, 8 epochs) the mean val accuracy was l2 91.20, none 91.20, "
+                         "loss+ 91.11 (equal weighting 91.29)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.md_epochs, args.wt_epochs, args.limit, args.timing_rounds = [0], 0.5, 2, 6000, 5
@@ -351,7 +360,8 @@ def main(argv=None) -> int:
                 for tk in ([(t,) for t in tasks] if m == "single" else [tasks]):
                     jobs.append({"dataset": ds, "method": m, "seed": s, "tasks": tk, "epochs": epochs,
                                  "threads": args.threads, "limit": args.limit, "eval_limit": eval_limit,
-                                 "curves": args.curves, "mgda_normalize": args.mgda_normalize})
+                                 "curves": args.curves, "mgda_normalize": args.mgda_normalize,
+                                 "select": args.md_select if ds == "multidigits" else None})
     # longest first (multidigits, per-task backward, two columns) for a balanced pool
     cost = {"cross-stitch": 3, "single": 1, "equal": 1.2, "uncertainty": 1.2, "depths": 1.2, "mgda-ub": 1.3}
     jobs.sort(key=lambda j: -(10 if j["dataset"] == "multidigits" else 1) * j["epochs"] * cost.get(j["method"], 1.6))
@@ -367,7 +377,7 @@ def main(argv=None) -> int:
             results.append(r)
             acc = "  ".join(f"{t} {100 * a:.2f}" for t, a in r["test"].items())
             print(f"[{time.perf_counter() - t0:6.0f}s] {r['dataset']:<11} {r['method']:<12} seed {r['seed']}  "
-                  f"{acc}  ({r['ms_median']:.1f} ms/step, {r['wall_s']:.0f} s)", flush=True)
+                  f"{acc}  (epoch {r['best_epoch']}, {r['ms_median']:.1f} ms/step, {r['wall_s']:.0f} s)", flush=True)
     train_wall = time.perf_counter() - t0
 
     summaries = {}
@@ -380,12 +390,12 @@ def main(argv=None) -> int:
             if r["dataset"] != ds:
                 continue
             for t, a in r["test"].items():
-                csv_rows.append({"impl": r["method"], "mode": f"{ds}/{t}", "size": f"seed{r['seed']}",
+                csv_rows.append({"impl": _impl(r["method"], args), "mode": f"{ds}/{t}", "size": f"seed{r['seed']}",
                                  "epochs": r["epochs"], "steps": r["steps"], "test_acc": a, "val_acc": r["val"][t],
                                  "ms_step": r["ms_median"], "threads": args.threads})
         for r in rows:
             for t in DATASETS[ds]["tasks"]:
-                csv_rows.append({"impl": r["key"], "mode": f"{ds}/{t}", "size": f"mean{r['seeds']}seeds",
+                csv_rows.append({"impl": _impl(r["key"], args), "mode": f"{ds}/{t}", "size": f"mean{r['seeds']}seeds",
                                  "test_acc": r[t] / 100, "test_acc_std": r[t + "_std"] / 100,
                                  "ms_step": r["ms_step"], "threads": args.threads,
                                  "conflict_frac": r.get("cos<0 %", ""), "conflict_after_frac": r.get("after %", "")})
@@ -424,6 +434,11 @@ def main(argv=None) -> int:
 
 CSV_COLUMNS = ["impl", "mode", "size", "epochs", "steps", "test_acc", "test_acc_std", "val_acc", "ms_step",
                "ms_p20", "ms_p80", "x_plain", "conflict_frac", "conflict_after_frac", "threads"]
+
+
+def _impl(method: str, args) -> str:
+    """CSV name of a method; MGDA's names carry the gradient normalisation (``mgda[loss+]``)."""
+    return f"{method}[{args.mgda_normalize}]" if method in ("mgda", "mgda-ub") else method
 
 
 def _uniform(rows: list[dict]) -> list[dict]:

@@ -104,6 +104,31 @@ def test_seed_makes_training_deterministic():
     assert not torch.equal(a.M_, small(seed=4).fit(X, y, T).M_)
 
 
+def test_identity_residual_decay_path_ends_at_the_cosine():
+    # M = I + Δ with weight decay on ‖Δ‖²: the distance to the identity shrinks as the decay
+    # grows, and a very strong decay gives the untrained cosine's predictions.
+    X, y, T = toy(C=20, dv=8, dt=8, per_class=8)
+    seen, unseen = np.arange(14), np.arange(14, 20)
+    tr, te = np.isin(y, seen), np.isin(y, unseen)
+    kw = dict(init="identity", lr=1e-2, epochs=5, dtype=torch.float64)
+    dist = []
+    for wd in (0.0, 0.01, 1.0, 1e4):
+        m = small(weight_decay=wd, **kw).fit(X[tr], y[tr], T)
+        dist.append(float((m.M_ - torch.eye(8, dtype=torch.float64)).norm()))
+    assert dist[0] > dist[1] > dist[2] > dist[3] >= 0, dist
+    assert dist[0] > 0.1 and dist[3] < 0.02, dist  # Adam steps are ~lr whatever the gradient scale
+    cos = CosineZSL(dtype=torch.float64).fit(X[tr], y[tr], T).predict(X[te], T, candidates=unseen)
+    agree = np.mean(m.predict(X[te], T, candidates=unseen) == cos)
+    assert agree >= 0.95, agree  # near-ties may still flip at ‖M − I‖ ≈ 0.005
+    # "auto" is the identity start when the widths match; "random" decays towards zero instead.
+    a = small(weight_decay=0.01, init="auto", lr=1e-2, dtype=torch.float64).fit(X[tr], y[tr], T)
+    b = small(weight_decay=0.01, init="identity", lr=1e-2, dtype=torch.float64).fit(X[tr], y[tr], T)
+    torch.testing.assert_close(a.M_, b.M_, rtol=0, atol=0)
+    r0 = small(init="random", lr=5e-2, epochs=10, dtype=torch.float64).fit(X[tr], y[tr], T)
+    r = small(weight_decay=1e4, init="random", lr=5e-2, epochs=10, dtype=torch.float64).fit(X[tr], y[tr], T)
+    assert float(r.M_.norm()) < 0.2 * float(r0.M_.norm()), (float(r.M_.norm()), float(r0.M_.norm()))
+
+
 # --------------------------------------------------------------------------- no leakage
 @pytest.mark.parametrize("make", [lambda: small(center=True), lambda: small(init="random"),
                                   lambda: ESZSL(normalize_classes=True, center=True)])
