@@ -277,7 +277,7 @@ def self_learning(
     tgt_words: Sequence[str] | None = None,
     vocab_cutoff: int = 10000,
     csls_knn: int = 10,
-    direction: str = "intersection",
+    direction: str | None = None,
     keep_prob: float | None = None,
     stochastic_multiplier: float = 2.0,
     stochastic_interval: int = 50,
@@ -301,7 +301,9 @@ def self_learning(
     ``vocab_cutoff`` rows take part in the induction). ``seed``: int pairs (n, 2) of rows, or
     ``"identical"`` / ``"numerals"`` (need ``src_words``/``tgt_words``) or ``"unsupervised"``.
     ``keep_prob``: initial probability of stochastic induction (default 0.1 for the unsupervised
-    seed, 1.0 otherwise). ``keep_seed``: always add the seed pairs to the induced dictionary
+    seed, 1.0 otherwise). ``direction``: the dictionary induced at each iteration (default ``"union"``
+    when ``keep_prob < 1``, as VecMap's stochastic search; ``"intersection"``, MUSE's mutual
+    nearest neighbours, otherwise). ``keep_seed``: always add the seed pairs to the induced dictionary
     (default: for a given dictionary of pairs, not for the heuristic seeds ``"identical"``,
     ``"numerals"``, ``"unsupervised"``, whose wrong pairs would stay forever).
     ``seed_weight``: with ``keep_seed``, each seed pair counts as this many induced pairs
@@ -322,7 +324,7 @@ def self_learning(
     Z = _check_matrix(Z, "Z")
     if X.shape[1] != Z.shape[1]:
         raise ValueError(f"self_learning: X has {X.shape[1]} dims, Z has {Z.shape[1]} (orthogonal maps need equal dims)")
-    if direction not in DIRECTIONS:
+    if direction is not None and direction not in DIRECTIONS:
         raise ValueError(f"self_learning: direction must be one of {DIRECTIONS}, got {direction!r}")
     if vocab_cutoff < 1:
         raise ValueError(f"self_learning: vocab_cutoff must be >= 1, got {vocab_cutoff}")
@@ -340,6 +342,8 @@ def self_learning(
     seed_pairs = _resolve_seed(seed, X, Z, src_words, tgt_words, unsupervised_vocab, csls_knn)
     if keep_prob is None:
         keep_prob = 0.1 if isinstance(seed, str) and seed == "unsupervised" else 1.0
+    if direction is None:  # VecMap's union for its stochastic search, MUSE's mutual NN otherwise
+        direction = "union" if keep_prob < 1.0 else "intersection"
     if keep_seed is None:
         keep_seed = not isinstance(seed, str)
     if not seed_weight > 0:
