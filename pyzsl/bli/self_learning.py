@@ -284,7 +284,7 @@ def self_learning(
     stochastic_cutoff: int | None = 4000,
     patience: int = 3,
     threshold: float = 1e-3,
-    max_iter: int = 200,
+    max_iter: int = 1000,
     keep_seed: bool | None = None,
     seed_weight: float = 1.0,
     n_candidates: int = 32,
