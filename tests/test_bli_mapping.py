@@ -135,24 +135,6 @@ def test_procrustes_bad_inputs():
 
 
 
-def test_procrustes_weights_count_as_copies():
-    g = torch.Generator().manual_seed(11)
-    X, Z = normalize(torch.randn(30, 6, generator=g)), normalize(torch.randn(40, 6, generator=g))
-    pairs = torch.stack([torch.arange(12), torch.randperm(40, generator=g)[:12]], 1)
-    w = torch.tensor([2.0, 0.0] + [1.0] * 10)
-    copies = torch.cat([pairs[:1], pairs[2:], pairs[:1]])  # pair 0 twice, pair 1 dropped
-    for opts in ({}, VECMAP_SUPERVISED):
-        a = procrustes(X, Z, pairs, weights=w, **opts)
-        b = procrustes(X, Z, copies, **opts)
-        torch.testing.assert_close(a.src, b.src, atol=1e-5, rtol=0)
-        if opts:
-            torch.testing.assert_close(a.tgt, b.tgt, atol=1e-5, rtol=0)
-    assert not torch.allclose(procrustes(X, Z, pairs).src, procrustes(X, Z, pairs, weights=w).src)
-    with pytest.raises(ValueError, match="weights has 3 values for 12 pairs"):
-        procrustes(X, Z, pairs, weights=torch.ones(3))
-    with pytest.raises(ValueError, match="non-negative"):
-        procrustes(X, Z, pairs, weights=-w)
-
 # ---------------------------------------------------------------------------- induction
 def _dense_induction(xw, zw, knn):
     S = xw @ zw.T

@@ -183,7 +183,6 @@ def procrustes(
     src_dewhiten: str | None = None,
     tgt_dewhiten: str | None = None,
     dim: int | None = None,
-    weights: Tensor | None = None,
 ) -> LinearMap:
     """Fit a :class:`LinearMap` on a dictionary.
 
@@ -194,7 +193,6 @@ def procrustes(
     Defaults: orthogonal Procrustes, returned as ``LinearMap(W, None)``. See the module docstring
     for ``whiten`` / ``*_reweight`` / ``*_dewhiten`` / ``dim`` (Artetxe et al., 2018 AAAI) and
     ``VECMAP_SUPERVISED`` for VecMap's preset: ``procrustes(X, Z, D, **VECMAP_SUPERVISED)``.
-    ``weights``: optional non-negative weight per pair (a pair of weight w counts as w copies).
     """
     X = _check_matrix(X, "X")
     Z = _check_matrix(Z, "Z")
@@ -218,14 +216,6 @@ def procrustes(
     dtype = X.dtype
     Xd = Xd.double()
     Zd = Zd.double().to(Xd.device)
-    if weights is not None:
-        w = torch.as_tensor(weights, dtype=torch.float64, device=Xd.device).reshape(-1)
-        if w.shape[0] != Xd.shape[0]:
-            raise ValueError(f"procrustes: weights has {w.shape[0]} values for {Xd.shape[0]} pairs")
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
-            raise ValueError("procrustes: weights must be finite, non-negative and not all zero")
-        # scaling both rows by sqrt(w) weighs every (cross-)covariance term by w
-        Xd, Zd = Xd * w.sqrt()[:, None], Zd * w.sqrt()[:, None]
     if not whiten and not src_reweight and not tgt_reweight and dim is None:
         U, _, Vt = torch.linalg.svd(Xd.T @ Zd, full_matrices=False)
         return LinearMap((U @ Vt).to(dtype))

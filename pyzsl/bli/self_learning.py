@@ -286,7 +286,6 @@ def self_learning(
     threshold: float = 1e-3,
     max_iter: int = 1000,
     keep_seed: bool | None = None,
-    seed_weight: float = 1.0,
     n_candidates: int = 32,
     unsupervised_vocab: int = 4000,
     final_options: dict[str, Any] | None = None,
@@ -306,8 +305,6 @@ def self_learning(
     nearest neighbours, otherwise). ``keep_seed``: always add the seed pairs to the induced dictionary
     (default: for a given dictionary of pairs, not for the heuristic seeds ``"identical"``,
     ``"numerals"``, ``"unsupervised"``, whose wrong pairs would stay forever).
-    ``seed_weight``: with ``keep_seed``, each seed pair counts as this many induced pairs
-    (a small trusted seed, e.g. 50 pairs, can then steer the map as much as a full dictionary).
     ``stochastic_interval``: while ``keep_prob < 1``, iterations without an objective gain of
     ``threshold`` before ``keep_prob`` is multiplied by ``stochastic_multiplier`` (VecMap: 50);
     ``patience``: the same count at ``keep_prob = 1``, after which the loop ends.
@@ -346,15 +343,9 @@ def self_learning(
         direction = "union" if keep_prob < 1.0 else "intersection"
     if keep_seed is None:
         keep_seed = not isinstance(seed, str)
-    if not seed_weight > 0:
-        raise ValueError(f"self_learning: seed_weight must be > 0, got {seed_weight}")
 
     def fit(dico: Tensor, **options) -> LinearMap:
-        if not keep_seed:
-            return procrustes(X, Z, dico, **options)
-        w = torch.ones(dico.shape[0] + seed_pairs.shape[0], dtype=torch.float64)
-        w[dico.shape[0]:] = seed_weight
-        return procrustes(X, Z, torch.cat([dico, seed_pairs]), weights=w, **options)
+        return procrustes(X, Z, torch.cat([dico, seed_pairs]) if keep_seed else dico, **options)
 
     gen = torch.Generator().manual_seed(random_state)
 
