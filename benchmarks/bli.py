@@ -48,6 +48,8 @@ SUPERVISED = ("procrustes", "procrustes+sl", "rcsls", "sl+rcsls")
 
 # Settings of each method (the library defaults unless stated).
 SL: dict = {}      # library defaults: mutual CSLS NN among the 10k most frequent words, seed kept
+# unsupervised: library defaults too (VecMap's search: keep_prob 0.1 doubled after 50 iterations
+# without gain, union induction, on the 4000 most frequent words; then 10k words, keep_prob 1)
 RCSLS: dict = {}   # library defaults: spectral constraint, lr 1, 30 full-batch steps
 METHODS = {
     "procrustes": "orthogonal Procrustes on the train dictionary",

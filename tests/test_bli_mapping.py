@@ -134,6 +134,7 @@ def test_procrustes_bad_inputs():
         procrustes(X, Z, torch.tensor([[0, 1], [1, 2]]), whiten=True)
 
 
+
 # ---------------------------------------------------------------------------- induction
 def _dense_induction(xw, zw, knn):
     S = xw @ zw.T
@@ -204,6 +205,32 @@ def test_self_learning_unsupervised_recovers_permutation():
     assert float(fwd[:, 1].eq(truth[:, 1]).float().mean()) == 1.0
     assert res.history[0]["keep_prob"] == 0.1
 
+
+
+def test_self_learning_stochastic_phase_on_frequent_words():
+    """keep_prob < 1 searches among the first ``stochastic_cutoff`` words, then the whole cutoff."""
+    g = torch.Generator().manual_seed(12)
+    X = normalize(torch.randn(300, 10, generator=g, dtype=torch.float64))
+    # "frequency ranks" of translations agree up to a jitter, as in real vocabularies
+    order = torch.argsort(torch.arange(300) + 10 * torch.randn(300, generator=g))
+    Z = normalize((X @ _rotation(10, g))[order] + 0.01 * torch.randn(300, 10, generator=g,
+                                                                      dtype=torch.float64), "unit")
+    truth = torch.stack([order, torch.arange(300)], 1)[torch.argsort(order)]
+    res = self_learning(X, Z, "unsupervised", csls_knn=5, progress=False, backend="torch",
+                        unsupervised_vocab=150, stochastic_cutoff=100, vocab_cutoff=300,
+                        stochastic_interval=2, max_iter=60, direction="union")
+    cuts = [(h["keep_prob"] < 1, h["cutoff"]) for h in res.history]
+    assert {c for s, c in cuts if s} == {100} and {c for s, c in cuts if not s} == {300}
+    assert res.converged and res.history[-1]["keep_prob"] == 1.0
+    final = [h["objective"] for h in res.history if h["cutoff"] == 300]
+    assert res.objective == max(final)  # selected within the full-cutoff phase only
+    fwd = res.dictionary[:300]
+    assert torch.equal(fwd[:, 0], torch.arange(300))
+    assert float(fwd[:, 1].eq(truth[:, 1]).float().mean()) == 1.0
+    with pytest.raises(ValueError, match="stochastic_cutoff"):
+        self_learning(X, Z, "unsupervised", stochastic_cutoff=0, progress=False)
+    with pytest.raises(ValueError, match="patience"):
+        self_learning(X, Z, "unsupervised", patience=0, progress=False)
 
 def test_self_learning_seeds_from_words():
     X, Z, _, truth = _isometric_pair(50, 4, 0.0, seed=9)

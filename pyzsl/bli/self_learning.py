@@ -277,12 +277,14 @@ def self_learning(
     tgt_words: Sequence[str] | None = None,
     vocab_cutoff: int = 10000,
     csls_knn: int = 10,
-    direction: str = "intersection",
+    direction: str | None = None,
     keep_prob: float | None = None,
     stochastic_multiplier: float = 2.0,
-    stochastic_interval: int = 3,
+    stochastic_interval: int = 50,
+    stochastic_cutoff: int | None = 4000,
+    patience: int = 3,
     threshold: float = 1e-3,
-    max_iter: int = 200,
+    max_iter: int = 1000,
     keep_seed: bool | None = None,
     n_candidates: int = 32,
     unsupervised_vocab: int = 4000,
@@ -298,9 +300,20 @@ def self_learning(
     ``vocab_cutoff`` rows take part in the induction). ``seed``: int pairs (n, 2) of rows, or
     ``"identical"`` / ``"numerals"`` (need ``src_words``/``tgt_words``) or ``"unsupervised"``.
     ``keep_prob``: initial probability of stochastic induction (default 0.1 for the unsupervised
-    seed, 1.0 otherwise). ``keep_seed``: always add the seed pairs to the induced dictionary
+    seed, 1.0 otherwise). ``direction``: the dictionary induced at each iteration (default ``"union"``
+    when ``keep_prob < 1``, as VecMap's stochastic search; ``"intersection"``, MUSE's mutual
+    nearest neighbours, otherwise). ``keep_seed``: always add the seed pairs to the induced dictionary
     (default: for a given dictionary of pairs, not for the heuristic seeds ``"identical"``,
     ``"numerals"``, ``"unsupervised"``, whose wrong pairs would stay forever).
+    ``stochastic_interval``: while ``keep_prob < 1``, iterations without an objective gain of
+    ``threshold`` before ``keep_prob`` is multiplied by ``stochastic_multiplier`` (VecMap: 50);
+    ``patience``: the same count at ``keep_prob = 1``, after which the loop ends.
+    ``stochastic_cutoff``: vocabulary cutoff while ``keep_prob < 1`` (default 4000, the size of
+    the unsupervised initialisation; ``None``: ``vocab_cutoff``). VecMap searches among its 20k
+    words throughout; the stochastic phases take hundreds of iterations, so we run them on the
+    most frequent words (the best-connected part of the spaces, as MUSE's refinement does) and
+    move to ``vocab_cutoff`` for the deterministic phase. Objectives of different cutoffs are not
+    comparable: the selected map is the best of the ``vocab_cutoff`` phase.
     ``final_options``: keyword options of :func:`procrustes` for the last fit
     (e.g. ``VECMAP_SUPERVISED``); ``None`` keeps the orthogonal map.
     """
@@ -308,12 +321,17 @@ def self_learning(
     Z = _check_matrix(Z, "Z")
     if X.shape[1] != Z.shape[1]:
         raise ValueError(f"self_learning: X has {X.shape[1]} dims, Z has {Z.shape[1]} (orthogonal maps need equal dims)")
-    if direction not in DIRECTIONS:
+    if direction is not None and direction not in DIRECTIONS:
         raise ValueError(f"self_learning: direction must be one of {DIRECTIONS}, got {direction!r}")
     if vocab_cutoff < 1:
         raise ValueError(f"self_learning: vocab_cutoff must be >= 1, got {vocab_cutoff}")
     if keep_prob is not None and not 0 < keep_prob <= 1:
         raise ValueError(f"self_learning: keep_prob must be in (0, 1], got {keep_prob}")
+    if stochastic_interval < 1 or patience < 1:
+        raise ValueError(f"self_learning: stochastic_interval and patience must be >= 1, got "
+                         f"{stochastic_interval} and {patience}")
+    if stochastic_cutoff is not None and stochastic_cutoff < 1:
+        raise ValueError(f"self_learning: stochastic_cutoff must be >= 1 or None, got {stochastic_cutoff}")
     if stochastic_multiplier <= 1:
         raise ValueError(f"self_learning: stochastic_multiplier must be > 1, got {stochastic_multiplier}")
     device = torch.device(device) if device is not None else X.device
@@ -321,50 +339,61 @@ def self_learning(
     seed_pairs = _resolve_seed(seed, X, Z, src_words, tgt_words, unsupervised_vocab, csls_knn)
     if keep_prob is None:
         keep_prob = 0.1 if isinstance(seed, str) and seed == "unsupervised" else 1.0
+    if direction is None:  # VecMap's union for its stochastic search, MUSE's mutual NN otherwise
+        direction = "union" if keep_prob < 1.0 else "intersection"
     if keep_seed is None:
         keep_seed = not isinstance(seed, str)
+
+    def fit(dico: Tensor, **options) -> LinearMap:
+        return procrustes(X, Z, torch.cat([dico, seed_pairs]) if keep_seed else dico, **options)
+
     gen = torch.Generator().manual_seed(random_state)
-    n_cut, m_cut = min(vocab_cutoff, X.shape[0]), min(vocab_cutoff, Z.shape[0])
-    Xc, Zc = X[:n_cut], Z[:m_cut]
+
+    def cutoff(p: float) -> tuple[int, int]:
+        c = vocab_cutoff if p >= 1.0 or stochastic_cutoff is None else min(stochastic_cutoff, vocab_cutoff)
+        return min(c, X.shape[0]), min(c, Z.shape[0])
 
     from tqdm.auto import tqdm
 
     pairs = seed_pairs
     history: list[dict[str, Any]] = []
-    best = (-math.inf, None, None)  # objective, mapping, dictionary
+    best, best_cut = (-math.inf, None, None), -1  # objective, mapping, dictionary; its cutoff
     best_obj, last_improvement, converged = -math.inf, 0, False
     bar = tqdm(total=max_iter, desc="self-learning", unit="it", disable=not progress, leave=False)
     try:
         for it in range(max_iter):
             t0 = time.perf_counter()
-            W = procrustes(X, Z, pairs)
-            ind = induce_dictionary(W.map_src(Xc), Zc, csls_knn=csls_knn, direction=direction,
-                                    keep_prob=keep_prob, n_candidates=n_candidates,
-                                    generator=gen, backend=backend)
+            n_cut, m_cut = cutoff(keep_prob)
+            W = procrustes(X, Z, seed_pairs) if it == 0 else fit(pairs)
+            ind = induce_dictionary(W.map_src(X[:n_cut]), Z[:m_cut], csls_knn=csls_knn,
+                                    direction=direction, keep_prob=keep_prob,
+                                    n_candidates=n_candidates, generator=gen, backend=backend)
             # the objective scores W (the pairs it induces deterministically)
-            if ind.objective > best[0]:
-                best = (ind.objective, W, ind.best_pairs)
-            pairs = torch.cat([ind.pairs, seed_pairs]) if keep_seed else ind.pairs
-            history.append(dict(iter=it, objective=ind.objective, keep_prob=keep_prob,
+            if ind.objective > best[0] or best_cut != n_cut:
+                best, best_cut = (ind.objective, W, ind.best_pairs), n_cut
+            pairs = ind.pairs
+            history.append(dict(iter=it, objective=ind.objective, keep_prob=keep_prob, cutoff=n_cut,
                                 pairs=int(ind.pairs.shape[0]), exact_fallback=ind.exact_fallback,
                                 seconds=time.perf_counter() - t0))
             bar.update(1)
             bar.set_postfix(obj=f"{ind.objective:.4f}", p=keep_prob)
-            log.info("self-learning it %d: objective %.5f keep_prob %.3g (%d rows re-checked)",
-                     it, ind.objective, keep_prob, ind.exact_fallback)
+            log.info("self-learning it %d: objective %.5f keep_prob %.3g cutoff %d (%d rows re-checked)",
+                     it, ind.objective, keep_prob, n_cut, ind.exact_fallback)
             if ind.objective - best_obj >= threshold:
                 best_obj, last_improvement = ind.objective, it
-            if it - last_improvement >= stochastic_interval:
+            if it - last_improvement >= (patience if keep_prob >= 1.0 else stochastic_interval):
                 if keep_prob >= 1.0:
                     converged = True
                     break
                 keep_prob = min(1.0, keep_prob * stochastic_multiplier)
                 last_improvement = it
+                if cutoff(keep_prob) != (n_cut, m_cut):
+                    best_obj = -math.inf  # a new vocabulary: its objectives start afresh
     finally:
         bar.close()
     # one last fit on the dictionary that the selected map induces (deterministically)
     objective, W, dico = best
+    W = fit(dico, **(final_options or {}))
     if keep_seed:
         dico = torch.cat([dico, seed_pairs])
-    W = procrustes(X, Z, dico, **(final_options or {}))
     return SelfLearningResult(W, dico, objective, history, seed_pairs, converged)
