@@ -172,7 +172,7 @@ PYBIND11_MODULE(_C, m) {
       "topk_tile",
       [](py::handle scores, py::handle class_bias, py::handle class_mask, py::handle values,
          py::handle indices, py::handle status, int64_t col0, int64_t num_classes,
-         uintptr_t stream) {
+         uintptr_t stream, int threads) {
         TopkTileArgs a;
         a.scores = as_array(scores, "scores");
         a.class_bias = as_array(class_bias, "class_bias", true);
@@ -182,12 +182,13 @@ PYBIND11_MODULE(_C, m) {
         a.status = as_array(status, "status", false, true);
         a.col0 = col0;
         a.num_classes = num_classes;
+        a.threads = threads;
         py::gil_scoped_release nogil;
         topk_tile(a, stream);
       },
       py::arg("scores"), py::arg("class_bias"), py::arg("class_mask"), py::arg("values"),
       py::arg("indices"), py::arg("status"), py::arg("col0"), py::arg("num_classes"),
-      py::arg("stream") = 0);
+      py::arg("stream") = 0, py::arg("threads") = 0);
 
   // --- further ops: one marked block each, below ----------------------------------
 

@@ -45,6 +45,7 @@ def topk_tile(
     col0: int,
     num_classes: int,
     stream: int = 0,
+    threads: int = 0,
 ) -> None:
     """Merges one B×n score tile into the running per-row top-k (values, indices)."""
 

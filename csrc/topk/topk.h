@@ -20,6 +20,7 @@ struct TopkTileArgs {
   Array status;      // (1,) int32: set to 1 when a non-finite score is seen.
   int64_t col0 = 0;         // column index of the tile's first column.
   int64_t num_classes = 0;  // C, the length of class_bias / class_mask.
+  int threads = 0;          // CPU: OpenMP threads for the scan, 0 = OpenMP's default.
 };
 
 // Ties: the smaller column index ranks first (tiles must arrive in increasing col0).

@@ -26,6 +26,7 @@ void validate(const TopkTileArgs& a) {
     require_same_device(*x, a.scores);
   }
   PYZSL_CHECK(k >= 1, "values: k must be at least 1");
+  PYZSL_CHECK(a.threads >= 0, "threads: expected 0 (OpenMP's default) or more, got ", a.threads);
   PYZSL_CHECK(a.col0 >= 0 && a.col0 + n <= a.num_classes, "tile columns [", a.col0, ", ",
               a.col0 + n, ") outside [0, ", a.num_classes, ")");
   if (a.class_bias.given) {
@@ -72,7 +73,9 @@ void run(const TopkTileArgs& a) {
       if (std::isnan(bias[j]) || bias[j] == std::numeric_limits<T>::infinity()) nonfinite = 1;
   }
 
-#pragma omp parallel for schedule(static) reduction(| : nonfinite) if (B * n >= kParallelMinElems)
+  const int threads = a.threads > 0 ? a.threads : max_threads();
+#pragma omp parallel for schedule(static) reduction(| : nonfinite) num_threads(threads) \
+    if (B * n >= kParallelMinElems && threads > 1)
   for (int64_t b = 0; b < B; ++b) {
     const T* row = S + b * n;
     T* vals = a.values.ptr<T>() + b * k;
