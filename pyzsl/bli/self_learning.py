@@ -344,9 +344,6 @@ def self_learning(
     if keep_seed is None:
         keep_seed = not isinstance(seed, str)
 
-    def fit(dico: Tensor, **options) -> LinearMap:
-        return procrustes(X, Z, torch.cat([dico, seed_pairs]) if keep_seed else dico, **options)
-
     gen = torch.Generator().manual_seed(random_state)
 
     def cutoff(p: float) -> tuple[int, int]:
@@ -364,14 +361,14 @@ def self_learning(
         for it in range(max_iter):
             t0 = time.perf_counter()
             n_cut, m_cut = cutoff(keep_prob)
-            W = procrustes(X, Z, seed_pairs) if it == 0 else fit(pairs)
+            W = procrustes(X, Z, pairs)
             ind = induce_dictionary(W.map_src(X[:n_cut]), Z[:m_cut], csls_knn=csls_knn,
                                     direction=direction, keep_prob=keep_prob,
                                     n_candidates=n_candidates, generator=gen, backend=backend)
             # the objective scores W (the pairs it induces deterministically)
             if ind.objective > best[0] or best_cut != n_cut:
                 best, best_cut = (ind.objective, W, ind.best_pairs), n_cut
-            pairs = ind.pairs
+            pairs = torch.cat([ind.pairs, seed_pairs]) if keep_seed else ind.pairs
             history.append(dict(iter=it, objective=ind.objective, keep_prob=keep_prob, cutoff=n_cut,
                                 pairs=int(ind.pairs.shape[0]), exact_fallback=ind.exact_fallback,
                                 seconds=time.perf_counter() - t0))
@@ -393,7 +390,7 @@ def self_learning(
         bar.close()
     # one last fit on the dictionary that the selected map induces (deterministically)
     objective, W, dico = best
-    W = fit(dico, **(final_options or {}))
     if keep_seed:
         dico = torch.cat([dico, seed_pairs])
+    W = procrustes(X, Z, dico, **(final_options or {}))
     return SelfLearningResult(W, dico, objective, history, seed_pairs, converged)

@@ -12,11 +12,11 @@ from pyzsl.ops import _reference
 from pyzsl.ops._tensor import (
     as_tensor,
     check,
-    cpu_gemm,
     load_extension,
     mm_tile,
     pick_backend,
     raise_if_nonfinite,
+    scan_threads,
     stream,
     tile_shape,
     view,
@@ -25,21 +25,27 @@ from pyzsl.ops._tensor import (
 FLOATS = (torch.float32, torch.float64)
 
 
-def _check_inputs(V, M, T, class_mask, class_bias):
+def _check_matrices(V, M, T):
     V = check(as_tensor(V, "V"), "V", ndim=2, dtypes=FLOATS)
     T = check(as_tensor(T, "T"), "T", ndim=2, like=V)
     if M is not None:
         M = check(as_tensor(M, "M"), "M", ndim=2, like=V, shape=(T.shape[1], V.shape[1]))
     elif V.shape[1] != T.shape[1]:
         raise ValueError(f"V has {V.shape[1]} columns but T has {T.shape[1]} (M=None: no map)")
-    C = T.shape[0]
+    return V, M, T
+
+
+def _check_head(V, C, k, class_mask, class_bias):
+    """One (k, class_mask, class_bias) request over C classes, validated against V."""
+    if not isinstance(k, int) or not 1 <= k <= C:
+        raise ValueError(f"k: expected an int in [1, {C}] (the number of classes), got {k!r}")
     if class_mask is not None:
         class_mask = check(as_tensor(class_mask, "class_mask"), "class_mask", dtypes=(torch.bool,),
                            like=V, shape=(C,), contiguous=True)
     if class_bias is not None:
         class_bias = check(as_tensor(class_bias, "class_bias"), "class_bias", like=V, shape=(C,),
                            contiguous=True)
-    return V, M, T, class_mask, class_bias
+    return k, class_mask, class_bias
 
 
 @torch.no_grad()
@@ -78,14 +84,11 @@ def bilinear_topk(
         class index. Where fewer than k classes are allowed, the missing slots hold
         ``-inf`` and index ``-1``.
     """
-    V, M, T, class_mask, class_bias = _check_inputs(V, M, T, class_mask, class_bias)
-    B, C = V.shape[0], T.shape[0]
-    if not isinstance(k, int) or not 1 <= k <= C:
-        raise ValueError(f"k: expected an int in [1, {C}] (the number of classes), got {k!r}")
+    V, M, T = _check_matrices(V, M, T)
+    head = _check_head(V, T.shape[0], k, class_mask, class_bias)
     if pick_backend(backend, V) == "torch":
-        return _reference.bilinear_topk(V, M, T, k, class_mask, class_bias)
-
-    return _sweep(V, M, T, [(k, class_mask, class_bias)], tile_elems)[0]
+        return _reference.bilinear_topk(V, M, T, *head)
+    return _sweep(V, M, T, [head], tile_elems)[0]
 
 
 @torch.no_grad()
@@ -105,14 +108,10 @@ def bilinear_topk_heads(
     """
     if not heads:
         raise ValueError("heads: expected at least one (k, class_mask, class_bias)")
-    checked = []
-    for k, class_mask, class_bias in heads:
-        V, M, T, class_mask, class_bias = _check_inputs(V, M, T, class_mask, class_bias)
-        if not isinstance(k, int) or not 1 <= k <= T.shape[0]:
-            raise ValueError(f"k: expected an int in [1, {T.shape[0]}] (the number of classes), got {k!r}")
-        checked.append((k, class_mask, class_bias))
+    V, M, T = _check_matrices(V, M, T)
+    heads = [_check_head(V, T.shape[0], *h) for h in heads]
     pick_backend("pyzsl", V)
-    return _sweep(V, M, T, checked, tile_elems)
+    return _sweep(V, M, T, heads, tile_elems)
 
 
 def _sweep(V, M, T, heads, tile_elems):
@@ -126,10 +125,7 @@ def _sweep(V, M, T, heads, tile_elems):
     buf = torch.empty(rows * n, dtype=V.dtype, device=V.device)
     s = stream(V)
     masks_biases = [(view(mask), view(bias)) for _, mask, bias in heads]
-    # OpenBLAS's own threads spin for a while after each GEMM: a parallel scan would fight
-    # them for the cores (measured: 20k × 20k top-10, 16M tiles, 2 cores, 1.81 s parallel
-    # against 1.62 s serial; 6.6 s against 1.8 s with 0.5M tiles). The scan is ~5 % of the work.
-    threads = 1 if not V.is_cuda and cpu_gemm() == "numpy" else 0
+    threads = scan_threads(V)
     # row blocks keep a block of U hot in cache while the column tiles stream past it
     for r0 in range(0, B, rows):
         r1 = min(B, r0 + rows)
