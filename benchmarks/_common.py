@@ -6,11 +6,14 @@ size, machine and version, so that plots and the README table come from the CSV.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -88,3 +91,22 @@ def table(rows: list[dict], cols: list[str]) -> str:
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(x) for x in cells])
+
+
+@contextlib.contextmanager
+def bench_lock(enabled: bool = True, path: str = "/tmp/pyzsl-bench.lock"):
+    """Holds the machine's benchmark lock (the one ``flock /tmp/pyzsl-bench.lock`` takes) while
+    timing; says so when it has to wait, then queues like flock(1)."""
+    if not enabled:
+        yield
+        return
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {path} (another benchmark is timing) …", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

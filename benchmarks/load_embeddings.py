@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import signal
 import sys
@@ -34,29 +33,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import peak_rss_mb, table, timeit, write_rows  # noqa: E402
+from _common import bench_lock, peak_rss_mb, table, timeit, write_rows  # noqa: E402
 
 from pyzsl.bli.io import Embeddings, load_embeddings, save_embeddings  # noqa: E402
 
 BAR_MB_S = 150.0
-
-
-@contextlib.contextmanager
-def bench_lock(enabled: bool):
-    if not enabled:
-        yield
-        return
-    with open("/tmp/pyzsl-bench.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("waiting for /tmp/pyzsl-bench.lock (another benchmark is timing) …",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)  # queue like flock(1) does
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

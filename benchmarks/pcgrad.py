@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import fcntl
 import os
 import platform
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -43,6 +41,9 @@ except ImportError:
 
 import pyzsl  # noqa: E402
 from pyzsl.ops import _reference, pcgrad  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bench_lock  # noqa: E402
 
 CSV = ROOT / "benchmarks" / "results" / "pcgrad.csv"
 FIELDS = ["op", "impl", "mode", "device", "machine", "version", "dtype", "T", "P", "p20_ms", "p50_ms",
@@ -151,16 +152,6 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeat: int) -> float:
     return 2 * nbytes / (best / 1e3) / 1e9
 
 
-@contextmanager
-def bench_lock(path: str = "/tmp/pyzsl-bench.lock"):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def append_csv(rows: list[dict], path: Path) -> None:
     """Appends rows atomically (tmp file + os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if name == "auto" else name)
     dtype = getattr(torch, args.dtype)
     Ps = [int(p) for p in (args.P or ([1e6, 1e7, 1e8] if device.type == "cuda" else [1e6, 1e7]))]
-    lock = bench_lock() if not args.no_lock else nullcontext()
-    with lock:
+    with bench_lock(not args.no_lock):
         return run(args, device, dtype, Ps)
 
 

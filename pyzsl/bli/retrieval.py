@@ -259,7 +259,7 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
     and the retrieval, each score tile feeding two top-k's); otherwise three. Memory as
     :func:`topk`, never B × C.
     """
-    Q, T, S = _spaces(Q, T, src, normalize)
+    Q, T, S = _spaces(Q, T, src if r_T is None else None, normalize)  # given r_T: src unused
     if r_T is None:
         r_T = knn_mean(T, S, knn, backend=backend, chunk_bytes=chunk_bytes)
     else:
@@ -294,7 +294,7 @@ def inverted_softmax(Q, T, k: int = 1, *, beta: float = 10.0, src=None, lse: Ten
     """
     if not beta > 0:
         raise ValueError(f"beta: expected a positive inverse temperature, got {beta!r}")
-    Q, T, S = _spaces(Q, T, src, normalize)
+    Q, T, S = _spaces(Q, T, src if lse is None else None, normalize)  # given lse: src unused
     if lse is None:
         lse = log_sum_exp_over(T, S, beta, chunk_bytes=chunk_bytes)
     else:
