@@ -404,8 +404,11 @@ def test_shared_supersense_protocol_reproduces_the_readme(shared_data):
     d = load_zsl(shared_data / "zsl" / "supersense.npz")
     assert d.X.dtype == np.float32 and d.X.shape == (19698, 384) and d.n_classes == 25
     assert np.intersect1d(d.train_fit_loc, d.val_seen_loc).size == 0
-    cos = run_protocol(CosineZSL, d)
+    cos = run_protocol(CosineZSL, d, transductive_strengths=(0.5, 2.0))
     assert cos.zsl == pytest.approx(0.5961, abs=5e-5)
+    # prototypes adapted to the unlabelled test inputs (strength chosen on val_loc): far above
+    assert cos.transductive_strength in (0.5, 2.0) and cos.zsl_transductive > cos.zsl + 0.05
+    assert cos.zsl_val_transductive > cos.zsl_val
     assert (cos.gzsl.seen, cos.gzsl.unseen, cos.gzsl.H) == pytest.approx((0.3594, 0.4511, 0.4000), abs=5e-5)
     esz = run_protocol(ESZSL, d)
     assert esz.zsl == pytest.approx(0.2497, abs=5e-5)
@@ -437,3 +440,72 @@ def test_progress_bar_goes_to_stderr(capsys):
     X, y, T = toy()
     ZeroShotClassifier(epochs=2, batch_size=64, progress=True).fit(X, y, T)
     assert "ZeroShotClassifier fit" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- transductive prediction
+def _transductive_reference(V, P, bias, strength, max_iter):
+    """Dense float64 oracle: full score matrix, k-means-style prototype moves (the docstring's rule)."""
+    unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
+    scale = np.linalg.norm(P, axis=1, keepdims=True)
+    Q, assign = P, None
+    for _ in range(max_iter + 1):
+        new = (V @ Q.T + bias).argmax(1)
+        if assign is not None and (new == assign).all():
+            break
+        assign = new
+        Q = P.copy()
+        for c in np.unique(assign):
+            Q[c] = scale[c] * unit(unit(P[c:c + 1]) + strength * unit(V[assign == c].sum(0, keepdims=True)))
+    return new
+
+
+@pytest.mark.parametrize("csls_k,penalty", [(0, 0.0), (3, 0.2)])
+def test_predict_transductive_matches_dense_reference(csls_k, penalty, device):
+    X, y, T = toy(C=13, dv=7, dt=5, per_class=5, noise=0.5)
+    m = small(device=device, dtype=torch.float64, csls_k=csls_k).fit(X[y < 8], y[y < 8], T)
+    cand = np.arange(3, 13)
+    for strength, it in [(0.5, 1), (2.0, 10), (3.0, 0)]:
+        got = m.predict_transductive(X, T, candidates=cand, seen_penalty=penalty, strength=strength, max_iter=it)
+        V = m._prep_inputs(X).cpu().numpy()
+        Tp = m._prep_classes(T)
+        mask, bias = m._mask_and_bias(Tp, cand, penalty, csls=False)  # no CSLS in this mode
+        b = np.where(mask.cpu().numpy(), 0.0, -np.inf) + (0 if bias is None else bias.cpu().numpy())
+        want = _transductive_reference(V, (Tp @ m.M_).cpu().numpy(), b, strength, it)
+        np.testing.assert_array_equal(got, want)
+        assert np.isin(got, cand).all()
+    # strength 0 (or no round) is the inductive prediction without the CSLS correction
+    m.csls_k = 0
+    np.testing.assert_array_equal(m.predict_transductive(X, T, cand, penalty, strength=0.0),
+                                  m.predict(X, T, cand, penalty))
+    np.testing.assert_array_equal(m.predict_transductive(X, T, cand, penalty, max_iter=0),
+                                  m.predict(X, T, cand, penalty))
+
+
+def test_predict_transductive_finds_shifted_clusters():
+    # class embeddings point between the true cluster centres: each is nearest its own cluster only
+    # by a small margin, so many inputs go to the wrong class; the clusters themselves are tight
+    g = np.random.default_rng(3)
+    C, d, n = 6, 16, 40
+    centres = np.linalg.qr(g.standard_normal((d, C)))[0].T
+    T = centres + 0.9 * centres[np.roll(np.arange(C), 1)]
+    y = np.repeat(np.arange(C), n)
+    X = (centres[y] + 0.15 * g.standard_normal((y.size, d))).astype(np.float32)
+    T = T.astype(np.float32)
+    m = CosineZSL().fit(X[:2 * n:n], y[:2 * n:n], T)
+    acc_ind = per_class_accuracy(y, m.predict(X, T))
+    acc_tr = per_class_accuracy(y, m.predict_transductive(X, T, strength=2.0))
+    assert acc_ind < 0.9 and acc_tr > 0.97
+
+
+def test_predict_transductive_bad_arguments():
+    X, y, T = toy()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        CosineZSL().predict_transductive(X, T)
+    m = CosineZSL().fit(X, y, T)
+    for s in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="strength"):
+            m.predict_transductive(X, T, strength=s)
+    with pytest.raises(ValueError, match="max_iter"):
+        m.predict_transductive(X, T, max_iter=-1)
+    with pytest.raises(ValueError, match="NaN"):
+        m.predict_transductive(np.full_like(X, np.nan), T)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -46,9 +46,13 @@ class ProtocolResult:
     test_curve: CalibrationCurve | None
     fit_time: float             # seconds to fit on trainval
     zsl_pred: np.ndarray = field(repr=False)  # ZSL predictions on test_unseen_loc
+    zsl_transductive: float | None = None      # transductive ZSL on test_unseen (step 3)
+    zsl_val_transductive: float | None = None  # the same on val_loc, at the chosen strength
+    transductive_strength: float | None = None
 
 
-def run_protocol(make_model: Callable[[], BilinearZSL], data: ZSLData, test_curve_points: int = 0) -> ProtocolResult:
+def run_protocol(make_model: Callable[[], BilinearZSL], data: ZSLData, test_curve_points: int = 0,
+                 transductive_strengths: Sequence[float] = ()) -> ProtocolResult:
     """Run the protocol for a fresh model from ``make_model()`` at each fit (two fits).
 
     ``test_curve_points > 0`` also returns S/U/H on test over that many penalties spanning
@@ -80,5 +84,16 @@ def run_protocol(make_model: Callable[[], BilinearZSL], data: ZSLData, test_curv
         span = max(hi - lo, abs(gamma), 1e-6)
         grid = np.linspace(min(lo, 0.0, gamma) - 0.1 * span, max(hi, gamma) + 0.1 * span, test_curve_points)
         tcurve = calibration_curve(m, T, X[ts], y[ts], X[tu], y[tu], penalties=grid)
+    trans = {}
+    if len(transductive_strengths):
+        xv, yv = X[data.val_loc], y[data.val_loc]
+        val = [per_class_accuracy(yv, m_val.predict_transductive(xv, T, data.val_classes, strength=s))
+               for s in transductive_strengths]
+        j = int(np.argmax(val))  # ties: the first (list the strengths from weak to strong)
+        strength = float(transductive_strengths[j])
+        pt = m.predict_transductive(X[data.test_unseen_loc], T, data.unseen_classes, strength=strength)
+        trans = dict(zsl_transductive=per_class_accuracy(y[data.test_unseen_loc], pt),
+                     zsl_val_transductive=float(val[j]), transductive_strength=strength)
+        log.info("%s: transductive strength %g (val ZSL %.4f)", data.name, strength, val[j])
     return ProtocolResult(zsl, zsl_val, g0, g1, gamma, float(val_curve.H[i0]), float(val_curve.H[i]),
-                          val_curve, tcurve, fit_time, zsl_pred)
+                          val_curve, tcurve, fit_time, zsl_pred, **trans)
