@@ -14,6 +14,7 @@ import platform
 import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,10 +24,17 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+def machine(device: str | torch.device | None = None) -> str:
+    """The GPU's name (``device`` cuda, or any CUDA device when None), else the CPU model and threads."""
+    if (device is None and torch.cuda.is_available()) or (device is not None and torch.device(device).type == "cuda"):
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} x{torch.get_num_threads()} threads"
 
 
 def sync(device: str | torch.device = "cpu") -> None:
@@ -34,19 +42,34 @@ def sync(device: str | torch.device = "cpu") -> None:
         torch.cuda.synchronize()
 
 
-def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device="cpu") -> dict:
-    """p20/p50/p80 wall time in ms over ``repeat`` runs after ``warmup`` runs."""
+def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device="cpu",
+           budget_s: float | None = None) -> dict:
+    """p20/p50/p80 and min wall time in ms over ``repeat`` runs after ``warmup`` runs.
+
+    CUDA: timed with events around each call. ``budget_s``: stop repeating once this many
+    seconds have passed (after at least 3 runs), for slow baselines.
+    """
     for _ in range(warmup):
         fn()
     sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
+    cuda = torch.device(device).type == "cuda"
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat and (budget_s is None or len(times) < 3
+                                   or time.perf_counter() - start < budget_s):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
-    return {"p20_ms": q[1], "p50_ms": statistics.median(times), "p80_ms": q[7]}
+    return {"p20_ms": q[1], "p50_ms": statistics.median(times), "p80_ms": q[7], "min_ms": min(times)}
 
 
 def rss_mb() -> float:
@@ -56,27 +79,71 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """The process's peak resident set size so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_rows(op: str, rows: Iterable[dict]) -> Path:
-    """Appends rows to benchmarks/results/<op>.csv (header written once)."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{op}.csv"
+def extra_peak_mb(fn: Callable[[], object], device="cpu") -> float:
+    """Extra memory of one call of ``fn``: the CUDA allocator's peak, or on the CPU the resident
+    set sampled every ~0.5 ms during the call (the process-wide peak would hide a small call)."""
+    if torch.device(device).type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    fn()
+    done.set()
+    th.join()
+    return max(0.0, max(peak[0], rss_mb()) - base)
+
+
+def write_rows(op: str, rows: Iterable[dict], path: Path | None = None) -> Path:
+    """Appends rows to ``path`` (default benchmarks/results/<op>.csv), atomically.
+
+    Columns: op, impl, mode, size, machine, version, then the file's other columns, then any
+    new ones; a row without a column leaves it empty (new columns rewrite the header, so old and
+    new rows stay aligned). The whole file goes to a temporary file that replaces it.
+    """
+    path = Path(path) if path is not None else RESULTS / f"{op}.csv"
     rows = list(rows)
     if not rows:
         return path
     import pyzsl
 
-    fields = ["op", "impl", "mode", "size", "machine", "version"] + [
-        k for k in rows[0] if k not in ("op", "impl", "mode", "size")]
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
+    old: list[dict] = []
+    fields = ["op", "impl", "mode", "size", "machine", "version"]
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old = list(reader)
+            fields += [c for c in reader.fieldnames or [] if c not in fields]
+        for i, r in enumerate(old):
+            if None in r:  # DictReader's key for values beyond the header
+                raise ValueError(f"{path}: line {i + 2} has more values than the header; fix the file first")
+    rows = [{"op": op, "machine": machine(), "version": pyzsl.__version__, **r} for r in rows]
+    for r in rows:
+        fields += [c for c in r if c not in fields]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
             w.writeheader()
-        for r in rows:
-            w.writerow({"op": op, "machine": machine(), "version": pyzsl.__version__, **r})
+            w.writerows(old + rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

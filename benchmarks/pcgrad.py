@@ -22,13 +22,8 @@ benchmarks/results/pcgrad.csv. The bench lock (/tmp/pyzsl-bench.lock) is held fo
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import os
-import platform
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
@@ -43,12 +38,7 @@ import pyzsl  # noqa: E402
 from pyzsl.ops import _reference, pcgrad  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_lock  # noqa: E402
-
-CSV = ROOT / "benchmarks" / "results" / "pcgrad.csv"
-FIELDS = ["op", "impl", "mode", "device", "machine", "version", "dtype", "T", "P", "p20_ms", "p50_ms",
-          "p80_ms", "min_ms", "peak_mb", "copy_gbs", "floor_ms", "x_floor", "x_floor_min", "x_loop",
-          "rel_err_vs_loop", "when"]
+from _common import bench_lock, extra_peak_mb, machine, timeit, write_rows  # noqa: E402
 
 
 # ---- setup --------------------------------------------------------------------------------
@@ -82,104 +72,15 @@ def torch_gram(G: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 # ---- measurement --------------------------------------------------------------------------
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn, device: torch.device, repeat: int, budget_s: float) -> list[float]:
-    """Wall times in ms (CUDA: events); fewer repeats for slow functions (at least 3)."""
-    fn()
-    sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeat and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return times
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_mb(fn, device: torch.device) -> float:
-    """Extra memory of one call: CUDA allocator peak, or peak RSS sampled every ~0.5 ms."""
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    if not os.path.exists("/proc/self/statm"):
-        return float("nan")
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.0005)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    fn()
-    done.set()
-    th.join()
-    return max(0, max(peak[0], _rss()) - base) / 2**20
-
-
 def copy_bandwidth(device: torch.device, nbytes: int, repeat: int) -> float:
     """GB/s of dst.copy_(src): bytes read + written per second, best of `repeat`."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    best = min(timeit(lambda: dst.copy_(src), device, repeat, 30.0))
+    best = timeit(lambda: dst.copy_(src), repeat=repeat, device=device)["min_ms"]
     return 2 * nbytes / (best / 1e3) / 1e9
 
 
-def append_csv(rows: list[dict], path: Path) -> None:
-    """Appends rows atomically (tmp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.exists() else ""
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        if old:
-            f.write(old)
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if not old:
-            w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 # ---- main ---------------------------------------------------------------------------------
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu} x{torch.get_num_threads()} threads"
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", nargs="+", default=["pyzsl", "pyzsl_out", "torch_gram", "torch_loop"])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--budget", type=float, default=6.0, help="seconds of repeats per slow row (min 3 runs)")
-    ap.add_argument("--csv", type=Path, default=CSV)
+    ap.add_argument("--csv", type=Path, default=None, help="default benchmarks/results/pcgrad.csv")
     ap.add_argument("--no-csv", action="store_true")
     ap.add_argument("--no-lock", action="store_true", help="do not take /tmp/pyzsl-bench.lock")
     args = ap.parse_args(argv)
@@ -231,9 +132,10 @@ def run(args, device: torch.device, dtype: torch.dtype, Ps: list[int]) -> int:
             ref = None
             for impl in args.impls:
                 fn = fns[impl]
-                times = timeit(fn, device, args.repeat, args.budget if impl.startswith("torch") else 30.0)
-                mem = peak_mb(fn, device)
-                res[impl] = (pct(times, 0.2), pct(times, 0.5), pct(times, 0.8), mem, min(times))
+                t = timeit(fn, repeat=args.repeat, device=device,
+                           budget_s=args.budget if impl.startswith("torch") else 30.0)
+                mem = extra_peak_mb(fn, device)
+                res[impl] = (t["p20_ms"], t["p50_ms"], t["p80_ms"], mem, t["min_ms"])
                 if impl == "torch_loop":
                     ref = fn()
             err = float("nan")
@@ -242,8 +144,7 @@ def run(args, device: torch.device, dtype: torch.dtype, Ps: list[int]) -> int:
                 err = ((ours.double() - ref.double()).norm() / ref.double().norm()).item()
             loop50 = res.get("torch_loop", (None, float("nan")))[1]
             for impl, (p20, p50, p80, mem, best) in res.items():
-                rows.append(dict(op="pcgrad", impl=impl, mode="forward", device=device.type, machine=mach,
-                                 version=pyzsl.__version__, dtype=str(dtype).replace("torch.", ""), T=T, P=P,
+                rows.append(dict(impl=impl, mode="forward", size=f"T{T}xP{P}", device=device.type, dtype=str(dtype).replace("torch.", ""), T=T, P=P,
                                  p20_ms=f"{p20:.3f}", p50_ms=f"{p50:.3f}", p80_ms=f"{p80:.3f}",
                                  min_ms=f"{best:.3f}", peak_mb=f"{mem:.1f}", copy_gbs=f"{bw:.2f}",
                                  floor_ms=f"{floor:.3f}", x_floor=f"{p50 / floor:.3f}",
@@ -258,8 +159,7 @@ def run(args, device: torch.device, dtype: torch.dtype, Ps: list[int]) -> int:
                   flush=True)
             del G, out, order_dev
     if not args.no_csv:
-        append_csv(rows, args.csv)
-        print(f"appended {len(rows)} rows to {args.csv}")
+        print(f"appended {len(rows)} rows to {write_rows('pcgrad', rows, args.csv)}")
     return 0
 
 

@@ -519,7 +519,6 @@ const char* pcgrad_cpu_isa() { return isa_name(pick_isa()); }
 // the partials are summed in group order: the Gram does not depend on the thread count.
 constexpr int64_t kGramGroups = 64;
 constexpr int64_t kCombineGrab = 8;  // combine chunks per dynamic grab
-constexpr int64_t kParallelWork = int64_t(1) << 16;  // elements of G below which one thread runs
 constexpr int64_t kSerialSolves = 8;  // up to this many blocks, one thread solves them all
 
 struct Group {
@@ -569,7 +568,7 @@ void pcgrad_cpu(const PCGradArgs& a) {
   int64_t work = 0;
   for (const Array& g : a.blocks) work += g.numel();
   status[0] = 0;
-#pragma omp parallel num_threads(std::max(1, max_threads())) if (work >= kParallelWork)
+#pragma omp parallel num_threads(std::max(1, max_threads())) if (work >= kParallelMinElems)
   {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < ng; ++g)
