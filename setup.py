@@ -79,7 +79,10 @@ ext = Pybind11Extension(
     include_dirs=["csrc"] + ([str(CUDA_HOME / "include")] if WITH_CUDA else []),
     define_macros=macros,
     cxx_std=17,
-    extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Wextra"],
+    # -fno-trapping-math: FP exceptions are masked anyway; without it GCC keeps the compares of
+    # the branch-free tile scans as branches (no if-conversion), 10x slower on random scores.
+    # It changes no result (no reassociation, unlike -ffast-math).
+    extra_compile_args=["-O3", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wextra"],
     extra_link_args=["-fopenmp"],
 )
 

@@ -31,6 +31,7 @@ def hinge_tile(
     hardest: bool,
     write_grad: bool,
     stream: int = 0,
+    threads: int = 0,
 ) -> int:
     """Hinge terms of one B×n score tile; returns its violator count (CPU) or -1 (CUDA)."""
 

@@ -139,12 +139,21 @@ def cpu_gemm() -> str:
     return "numpy" if amd and "openblas" in str(blas).lower() else "torch"
 
 
+def gemm(a: Tensor, b: Tensor, out: Tensor, accumulate: Tensor | None = None) -> Tensor:
+    """``out = a @ b`` with the faster BLAS of :func:`cpu_gemm` (transposed views are fine: no
+    copies). ``accumulate``: add the product to it instead (``out`` is then scratch space)."""
+    if a.is_cuda or cpu_gemm() == "torch":
+        if accumulate is not None:
+            return accumulate.addmm_(a, b)
+        return torch.mm(a, b, out=out)
+    with np.errstate(all="ignore"):  # inf/NaN inputs are the kernels' to report, as with torch.mm
+        np.matmul(a.detach().numpy(), b.detach().numpy(), out=out.detach().numpy())
+    return out if accumulate is None else accumulate.add_(out)
+
+
 def mm_tile(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
     """``out = a @ b.T`` (a score tile) with the faster BLAS of :func:`cpu_gemm`; no copies."""
-    if a.is_cuda or cpu_gemm() == "torch":
-        return torch.mm(a, b.T, out=out)
-    np.matmul(a.detach().numpy(), b.detach().numpy().T, out=out.detach().numpy())
-    return out
+    return gemm(a, b.T, out)
 
 
 def scan_threads(x: Tensor) -> int:

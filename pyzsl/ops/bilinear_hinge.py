@@ -22,9 +22,12 @@ from pyzsl.ops import _reference
 from pyzsl.ops._tensor import (
     as_tensor,
     check,
+    gemm,
     load_extension,
     pick_backend,
+    mm_tile,
     raise_if_nonfinite,
+    scan_threads,
     stream,
     tile_columns,
     view,
@@ -59,18 +62,19 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
         WU = U if row_weight is None else U * row_weight[:, None]
     n = tile_columns(B, C, U, tile_elems)
     buf = torch.empty(B * n, dtype=dt, device=dev)
-    s = stream(U)
+    scratch = torch.empty_like(U) if want_grad else None  # dU's tile product, where BLAS can't add
+    s, threads = stream(U), scan_threads(U)
     for c0 in range(0, C, n):
         c1 = min(C, c0 + n)
         Tc = T[c0:c1]
-        S = torch.mm(U, Tc.T, out=buf[: B * (c1 - c0)].view(B, c1 - c0))
+        S = mm_tile(U, Tc, out=buf[: B * (c1 - c0)].view(B, c1 - c0))
         violators = ext.hinge_tile(view(S), view(positive), view(y), view(class_mask), view(loss),
                                    view(count), view(best), view(best_idx), view(status), c0, C,
-                                   float(margin), hardest, want_grad, s)
+                                   float(margin), hardest, want_grad, s, threads)
         if want_grad and violators != 0:  # S now holds dL/dS of the tile (0/1)
-            dU.addmm_(S, Tc)
+            gemm(S, Tc, out=scratch, accumulate=dU)
             if want_dT:
-                torch.mm(S.T, WU, out=dT[c0:c1])
+                gemm(S.T, WU, out=dT[c0:c1])
     raise_if_nonfinite(status, "the scores (V, M or T contains NaN/inf)")
     if want_grad:
         # the true class's column: dL/ds_{b,y_b} = -count_b

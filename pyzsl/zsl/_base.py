@@ -153,21 +153,19 @@ class BilinearZSL:
         if "classes_" not in self.__dict__ or "M_" not in self.__dict__:
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X, y, class_embeddings) first")
 
+    def _prep(self, A: ArrayLike, name: str, width: int, mean: Tensor | None, unit: bool) -> Tensor:
+        A = as_matrix(A, name, self.dtype, self.device)
+        if A.shape[1] != width:
+            raise ValueError(f"{name}: has {A.shape[1]} features, the model was fitted with {width}")
+        if mean is not None:
+            A = A - mean
+        return l2_normalize(A) if unit else A
+
     def _prep_inputs(self, X: ArrayLike, name: str = "X") -> Tensor:
-        V = as_matrix(X, name, self.dtype, self.device)
-        if V.shape[1] != self.n_features_in_:
-            raise ValueError(f"{name}: has {V.shape[1]} features, the model was fitted with {self.n_features_in_}")
-        if self.input_mean_ is not None:
-            V = V - self.input_mean_
-        return l2_normalize(V) if self.normalize_inputs else V
+        return self._prep(X, name, self.n_features_in_, self.input_mean_, self.normalize_inputs)
 
     def _prep_classes(self, T: ArrayLike, name: str = "class_embeddings") -> Tensor:
-        T = as_matrix(T, name, self.dtype, self.device)
-        if T.shape[1] != self.n_class_features_:
-            raise ValueError(f"{name}: has {T.shape[1]} features, the model was fitted with {self.n_class_features_}")
-        if self.class_mean_ is not None:
-            T = T - self.class_mean_
-        return l2_normalize(T) if self.normalize_classes else T
+        return self._prep(T, name, self.n_class_features_, self.class_mean_, self.normalize_classes)
 
     def _mask_and_bias(self, T: Tensor, candidates: ArrayLike | None, seen_penalty: float, csls: bool = True
                        ) -> tuple[Tensor | None, Tensor | None]:
