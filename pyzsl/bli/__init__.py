@@ -8,7 +8,8 @@
 Submodules: :mod:`~pyzsl.bli.io` (load/save vectors), :mod:`~pyzsl.bli.dictionary` (MUSE
 dictionaries, seeds), :mod:`~pyzsl.bli.normalize`, :mod:`~pyzsl.bli.procrustes`,
 :mod:`~pyzsl.bli.rcsls`, :mod:`~pyzsl.bli.self_learning` (mapping methods),
-:mod:`~pyzsl.bli.retrieval` (NN, CSLS, inverted softmax), :mod:`~pyzsl.bli.evaluate`,
+:mod:`~pyzsl.bli.retrieval` (NN, CSLS, inverted softmax), :mod:`~pyzsl.bli.sharded` (the
+same with the targets split across ``torch.distributed`` ranks), :mod:`~pyzsl.bli.evaluate`,
 :mod:`~pyzsl.bli.alignment` (the end-to-end pipeline).
 """
 from __future__ import annotations
