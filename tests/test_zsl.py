@@ -443,13 +443,15 @@ def test_progress_bar_goes_to_stderr(capsys):
 
 
 # --------------------------------------------------------------------------- transductive prediction
-def _transductive_reference(V, P, bias, strength, max_iter):
-    """Dense float64 oracle: full score matrix, k-means-style prototype moves (the docstring's rule)."""
+def _transductive_reference(V, P, bias, strength, max_iter, R=None, k=0):
+    """Dense float64 oracle: full score matrix, k-means-style prototype moves (the docstring's
+    rule), CSLS hub terms of the moved prototypes against the reference inputs R when k > 0."""
     unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
     scale = np.linalg.norm(P, axis=1, keepdims=True)
     Q, assign = P, None
     for _ in range(max_iter + 1):
-        new = (V @ Q.T + bias).argmax(1)
+        hub = -0.5 * np.sort(Q @ R.T, axis=1)[:, ::-1][:, :k].mean(1) if k else 0.0
+        new = (V @ Q.T + bias + hub).argmax(1)
         if assign is not None and (new == assign).all():
             break
         assign = new
@@ -470,11 +472,11 @@ def test_predict_transductive_matches_dense_reference(csls_k, penalty, device):
         Tp = m._prep_classes(T)
         mask, bias = m._mask_and_bias(Tp, cand, penalty, csls=False)  # no CSLS in this mode
         b = np.where(mask.cpu().numpy(), 0.0, -np.inf) + (0 if bias is None else bias.cpu().numpy())
-        want = _transductive_reference(V, (Tp @ m.M_).cpu().numpy(), b, strength, it)
+        R = None if m.reference_ is None else m.reference_.cpu().numpy()
+        want = _transductive_reference(V, (Tp @ m.M_).cpu().numpy(), b, strength, it, R, csls_k)
         np.testing.assert_array_equal(got, want)
         assert np.isin(got, cand).all()
-    # strength 0 (or no round) is the inductive prediction without the CSLS correction
-    m.csls_k = 0
+    # strength 0 (or no round) is the inductive prediction
     np.testing.assert_array_equal(m.predict_transductive(X, T, cand, penalty, strength=0.0),
                                   m.predict(X, T, cand, penalty))
     np.testing.assert_array_equal(m.predict_transductive(X, T, cand, penalty, max_iter=0),

@@ -208,16 +208,20 @@ class BilinearZSL:
         want = torch.ones_like(done) if mask is None else mask
         rows = (want & ~done).nonzero()[:, 0]
         if rows.numel():
-            R = self.reference_
-            if R is None:
-                raise RuntimeError("csls_k > 0 but the model holds no reference inputs (fit it again)")
-            k = min(int(self.csls_k), R.shape[0])
             with torch.no_grad():
-                Q = T[rows] if self.M_ is None else T[rows] @ self.M_   # tᵀ M x = (Mᵀ t)ᵀ x
-                vals, _ = _ops.bilinear_topk(Q.contiguous(), None, R, k, backend=self.backend)
-                r[rows] = vals.mean(1)
+                r[rows] = self._prototype_hubness(T[rows] if self.M_ is None else T[rows] @ self.M_)
                 done[rows] = True
         return r
+
+    def _prototype_hubness(self, P: Tensor) -> Tensor:
+        """Mean of the ``csls_k`` highest scores of each prototype row of ``P`` (input space:
+        ``Mᵀ t``, as ``tᵀ M x = (Mᵀ t)ᵀ x``) against the reference inputs."""
+        R = self.reference_
+        if R is None:
+            raise RuntimeError("csls_k > 0 but the model holds no reference inputs (fit it again)")
+        vals, _ = _ops.bilinear_topk(P.contiguous(), None, R, min(int(self.csls_k), R.shape[0]),
+                                     backend=self.backend)
+        return vals.mean(1)
 
     # -- prediction ------------------------------------------------------------------
     def predict_topk(
@@ -272,12 +276,11 @@ class BilinearZSL:
         (classes with no input keep ``p_c``), and the inputs are re-assigned, until no
         assignment changes or ``max_iter`` rounds (k-means started from the class embeddings,
         as in the visual-structure prototypes of Wan et al. 2019). The scores keep the model's
-        scale, so ``seen_penalty`` applies unchanged; the CSLS correction (``csls_k``) does not:
-        its hub terms belong to the unmoved prototypes (on supersense they cost 3 points here),
-        and prototypes that move to their inputs already undo hubs. With ``csls_k = 0``,
-        ``strength = 0`` is :meth:`predict`. Labels are never used: this is the transductive setting
-        (a batch of unlabelled inputs classified together), not the inductive one. Extra memory
-        O((B + C)·d), no B×C matrix.
+        scale, so ``seen_penalty`` applies unchanged; the CSLS correction (``csls_k``) is
+        recomputed for the moved prototypes each round (O(C·N_ref·d) a round; the unmoved
+        prototypes' hub terms cost 3 points on supersense). ``strength = 0`` is :meth:`predict`.
+        Labels are never used: this is the transductive setting (a batch of unlabelled inputs
+        classified together), not the inductive one. Extra memory O((B + C)·d), no B×C matrix.
         """
         if not np.isfinite(strength) or strength < 0:
             raise ValueError(f"strength must be a finite number >= 0, got {strength}")
@@ -286,13 +289,22 @@ class BilinearZSL:
         self._check_fitted()
         V = self._prep_inputs(X)
         T = self._prep_classes(class_embeddings)
-        mask, bias = self._mask_and_bias(T, candidates, seen_penalty, csls=False)
+        mask, penalty = self._mask_and_bias(T, candidates, seen_penalty, csls=False)
+        rows = None if mask is None else mask.nonzero()[:, 0]
         with torch.no_grad():
             P = T if self.M_ is None else T @ self.M_          # tᵀ M x = (Mᵀ t)ᵀ x
             scale = P.norm(dim=1, keepdim=True).clamp_min(torch.finfo(P.dtype).tiny)
             base = P / scale
             Q, assign = P, None
             for _ in range(int(max_iter) + 1):
+                bias = penalty
+                if self.csls_k:
+                    hub = torch.zeros(P.shape[0], dtype=P.dtype, device=P.device)
+                    if rows is None:
+                        hub = -0.5 * self._prototype_hubness(Q)
+                    else:
+                        hub[rows] = -0.5 * self._prototype_hubness(Q[rows])
+                    bias = hub if bias is None else bias + hub
                 new = _ops.bilinear_topk(V, None, Q.contiguous(), 1, class_mask=mask, class_bias=bias,
                                          backend=self.backend)[1][:, 0].long()
                 if strength == 0 or (assign is not None and bool((new == assign).all())):
