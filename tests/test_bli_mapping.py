@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pyzsl.bli.normalize import normalize
+from pyzsl.bli.normalize import ITERATIVE, normalize
 from pyzsl.bli.procrustes import VECMAP_SUPERVISED, LinearMap, orthogonal_procrustes, procrustes
 from pyzsl.bli.rcsls import rcsls, rcsls_objective
 from pyzsl.bli.self_learning import (_best_excluded_bound, induce_dictionary, self_learning,
@@ -50,6 +50,16 @@ def test_normalize_steps():
     Xz = X.clone()
     Xz[3] = 0
     assert normalize(Xz, "unit")[3].abs().max() == 0
+
+
+def test_normalize_iterative_is_unit_and_centred():
+    """Zhang et al. (2019): after 5 rounds rows are unit length and the mean is (nearly) zero."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(200, 9, generator=g, dtype=torch.float64) + 2  # far from centred
+    once = normalize(X)
+    It = normalize(X, ITERATIVE)
+    torch.testing.assert_close(It.norm(dim=1), torch.ones(200, dtype=torch.float64))
+    assert float(It.mean(0).norm()) < 0.1 * float(once.mean(0).norm())
 
 
 def test_normalize_bad_inputs():

@@ -14,6 +14,13 @@ Steps (applied left to right):
 ``none``       nothing (so ``steps="none"`` or ``""`` copies the input)
 ========== ==========================================================================
 
+``ITERATIVE`` (``"unit,center"`` five times, then ``"unit"``) is the iterative normalisation of
+Zhang et al. (2019, "Are girls neko or shōjo?"): repeating length and mean normalisation brings
+both spaces close to unit-length *and* zero-mean at once, which makes orthogonal maps between
+distant languages easier to learn. In :mod:`benchmarks.bli` it is the pre-processing of
+self-learning from 50 seed pairs and of the unsupervised mapping (French → Finnish, 50 seeds:
+CSLS P@1 0.353 → 0.396; the setting was chosen on train pairs held out from the seeds).
+
 Memory: one copy of ``X`` (the input is never modified).
 """
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 from torch import Tensor
 
 STEPS = ("unit", "center", "unitdim", "centeremb", "none")
+ITERATIVE = ",".join(["unit", "center"] * 5 + ["unit"])  # Zhang et al. (2019), 5 rounds
 
 
 def parse_steps(steps: str | Sequence[str] | None) -> list[str]:
