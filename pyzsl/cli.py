@@ -43,7 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="read only the N most frequent words of each file")
     g.add_argument("--lower", action="store_true", help="lowercase the words (first occurrence kept)")
     g.add_argument("--normalize", default="unit,center,unit", metavar="STEPS",
-                   help="normalisation steps before mapping (default: unit,center,unit)")
+                   help="normalisation steps before mapping (default: unit,center,unit; 'iterative': "
+                        "Zhang et al. 2019, better with few or no seed pairs)")
     g.add_argument("--knn", type=int, default=10, help="CSLS neighbourhood size (default 10)")
     g.add_argument("--beta", type=float, default=10.0,
                    help="inverted softmax inverse temperature (default 10)")

@@ -60,6 +60,8 @@ def test_normalize_iterative_is_unit_and_centred():
     It = normalize(X, ITERATIVE)
     torch.testing.assert_close(It.norm(dim=1), torch.ones(200, dtype=torch.float64))
     assert float(It.mean(0).norm()) < 0.1 * float(once.mean(0).norm())
+    torch.testing.assert_close(normalize(X, "iterative"), It, rtol=0, atol=0)  # the step's name
+    torch.testing.assert_close(normalize(X, "center,iterative"), normalize(X, "center," + ITERATIVE), rtol=0, atol=0)
 
 
 def test_normalize_bad_inputs():
