@@ -113,12 +113,24 @@ def write_rows(op: str, rows: Iterable[dict], path: Path | None = None) -> Path:
 
     Columns: op, impl, mode, size, machine, version, then the file's other columns, then any
     new ones; a row without a column leaves it empty (new columns rewrite the header, so old and
-    new rows stay aligned). The whole file goes to a temporary file that replaces it.
+    new rows stay aligned). The whole file goes to a temporary file that replaces it, under a
+    lock, so that benchmarks running side by side do not drop each other's rows.
     """
     path = Path(path) if path is not None else RESULTS / f"{op}.csv"
     rows = list(rows)
     if not rows:
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _rewrite_rows(op, rows, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return path
+
+
+def _rewrite_rows(op: str, rows: list[dict], path: Path) -> None:
     import pyzsl
 
     old: list[dict] = []
@@ -134,7 +146,6 @@ def write_rows(op: str, rows: Iterable[dict], path: Path | None = None) -> Path:
     rows = [{"op": op, "machine": machine(), "version": pyzsl.__version__, **r} for r in rows]
     for r in rows:
         fields += [c for c in r if c not in fields]
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "w", newline="") as f:
@@ -144,7 +155,6 @@ def write_rows(op: str, rows: Iterable[dict], path: Path | None = None) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
