@@ -91,7 +91,8 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
 class _BilinearHinge(torch.autograd.Function):
     @staticmethod
     def forward(ctx, V, M, T, y, margin, reduction, class_mask, hardest, tile_elems):
-        U = V @ M.T
+        # every GEMM on one BLAS: torch's threads wake up slowly next to OpenBLAS's spinning ones
+        U = gemm(V, M.T, out=V.new_empty(V.shape[0], M.shape[0]))
         B = V.shape[0]
         early = any(ctx.needs_input_grad[:3]) and not hardest and reduction != "none"
         # dT costs a third of the GEMMs: skip it when T is fixed (e.g. class embeddings)
@@ -123,8 +124,8 @@ class _BilinearHinge(torch.autograd.Function):
         else:
             dU = dU * (g * ctx.scale)
             dT = dT * (g * ctx.scale) if dT is not None else None
-        dV = dU @ M if ctx.needs_input_grad[0] else None
-        dM = dU.T @ V if ctx.needs_input_grad[1] else None
+        dV = gemm(dU, M, out=torch.empty_like(V)) if ctx.needs_input_grad[0] else None
+        dM = gemm(dU.T, V, out=torch.empty_like(M)) if ctx.needs_input_grad[1] else None
         dT = dT if ctx.needs_input_grad[2] else None
         return dV, dM, dT, None, None, None, None, None, None
 
