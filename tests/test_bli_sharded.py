@@ -1,16 +1,15 @@
 """pyzsl.bli.sharded: top-k and CSLS over targets split across 2 gloo ranks equal the
 single-process retrieval on the whole target set (float64, uneven and empty shards, ties)."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as tmp
+from _gloo import run_gloo
 
 from pyzsl.bli import retrieval
-from pyzsl.ops import _reference
 from pyzsl.bli.sharded import sharded_csls, sharded_topk
+from pyzsl.ops import _reference
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with the gloo backend is not available")
@@ -38,39 +37,27 @@ def _ties():
 SPLITS = [("uneven", slice(0, 20), slice(20, 37)), ("one-empty", slice(0, 37), slice(37, 37))]
 
 
-def _worker(rank, world, port, out):
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        Q, T, S, bias = _data()
-        res = {}
-        for name, *rows in SPLITS:
-            r = rows[rank]
-            for be in BACKENDS:
-                res[name, be, "topk"] = sharded_topk(Q, T[r], 5, bias[r], backend=be)
-                res[name, be, "csls"] = sharded_csls(Q, T[r], 3, knn=4, src=S, backend=be)
-                res[name, be, "tie"] = sharded_topk(_ties()[3:4], _ties()[r], 2, backend=be)
-                res[name, be, "k>C"] = sharded_topk(Q, T[r][:2], 9, backend=be)  # 2 + 2 (or 0) targets
-        try:  # ranks disagree on the queries: every rank must raise, none may hang
-            sharded_topk(Q[: 3 + rank], T[:5], 2)
-        except ValueError as e:
-            res["mismatch"] = str(e)
-        torch.save(res, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank, world, out):
+    Q, T, S, bias = _data()
+    res = {}
+    for name, *rows in SPLITS:
+        r = rows[rank]
+        for be in BACKENDS:
+            res[name, be, "topk"] = sharded_topk(Q, T[r], 5, bias[r], backend=be)
+            res[name, be, "csls"] = sharded_csls(Q, T[r], 3, knn=4, src=S, backend=be)
+            res[name, be, "tie"] = sharded_topk(_ties()[3:4], _ties()[r], 2, backend=be)
+            res[name, be, "k>C"] = sharded_topk(Q, T[r][:2], 9, backend=be)  # 2 + 2 (or 0) targets
+    try:  # ranks disagree on the queries: every rank must raise, none may hang
+        sharded_topk(Q[: 3 + rank], T[:5], 2)
+    except ValueError as e:
+        res["mismatch"] = str(e)
+    torch.save(res, os.path.join(out, f"rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
-    tmp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    run_gloo(_worker, 2, str(out))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 

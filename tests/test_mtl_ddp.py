@@ -1,12 +1,11 @@
 """MultiTaskTrainer under torch.distributed (gloo, 2 CPU processes): per-task gradients are
 all-reduced before aggregation, so 2 ranks with half batches take the single-process steps."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as tmp
+from _gloo import run_gloo
 from torch import nn
 
 from pyzsl.mtl import MGDA, Equal, GradNorm, HardSharing, MultiTaskTrainer, PCGrad
@@ -39,27 +38,15 @@ def _run(name, ub):
     return params, tr.diagnostics()
 
 
-def _worker(rank, world, port, out_dir):
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        res = {}
-        for name, ub in CONFIGS:
-            params, diag = _run(name, ub)
-            gathered = [torch.empty_like(params) for _ in range(world)]
-            dist.all_gather(gathered, params)
-            res[(name, ub)] = (params, diag, all(torch.equal(gathered[0], x) for x in gathered))
-        if rank == 0:
-            torch.save(res, os.path.join(out_dir, "ddp.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank, world, out_dir):
+    res = {}
+    for name, ub in CONFIGS:
+        params, diag = _run(name, ub)
+        gathered = [torch.empty_like(params) for _ in range(world)]
+        dist.all_gather(gathered, params)
+        res[(name, ub)] = (params, diag, all(torch.equal(gathered[0], x) for x in gathered))
+    if rank == 0:
+        torch.save(res, os.path.join(out_dir, "ddp.pt"))
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +58,7 @@ def _one_thread():
 
 
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
-    tmp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_gloo(_worker, 2, str(tmp_path))
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     for name, ub in CONFIGS:
         params, diag, in_sync = ddp[(name, ub)]
