@@ -143,7 +143,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::handle scores, py::handle positive, py::handle labels, py::handle class_mask,
          py::handle loss, py::handle count, py::handle best_value, py::handle best_index,
          py::handle status, int64_t col0, int64_t num_classes, double margin, bool hardest,
-         bool write_grad, uintptr_t stream, int threads) {
+         bool write_grad, uintptr_t stream) {
         HingeTileArgs a;
         a.scores = as_array(scores, "scores", false, true);
         a.positive = as_array(positive, "positive");
@@ -159,14 +159,13 @@ PYBIND11_MODULE(_C, m) {
         a.margin = margin;
         a.hardest = hardest;
         a.write_grad = write_grad;
-        a.threads = threads;
         py::gil_scoped_release nogil;
         return hinge_tile(a, stream);
       },
       py::arg("scores"), py::arg("positive"), py::arg("labels"), py::arg("class_mask"),
       py::arg("loss"), py::arg("count"), py::arg("best_value"), py::arg("best_index"),
       py::arg("status"), py::arg("col0"), py::arg("num_classes"), py::arg("margin"),
-      py::arg("hardest"), py::arg("write_grad"), py::arg("stream") = 0, py::arg("threads") = 0);
+      py::arg("hardest"), py::arg("write_grad"), py::arg("stream") = 0);
 
   // --- topk ---------------------------------------------------------------------
   m.def(

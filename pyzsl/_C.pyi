@@ -31,7 +31,6 @@ def hinge_tile(
     hardest: bool,
     write_grad: bool,
     stream: int = 0,
-    threads: int = 0,
 ) -> int:
     """Hinge terms of one B×n score tile; returns its violator count (CPU) or -1 (CUDA)."""
 

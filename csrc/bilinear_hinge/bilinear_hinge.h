@@ -28,7 +28,6 @@ struct HingeTileArgs {
   double margin = 0.1;
   bool hardest = false;    // negatives="max": keep the hardest violator instead of the sum.
   bool write_grad = false; // sum mode only: write dL/ds into scores.
-  int threads = 0;         // CPU: OpenMP threads for the pass, 0 = OpenMP's default.
 };
 
 // Validates the arguments and runs the CPU or CUDA kernel on the arrays' device.

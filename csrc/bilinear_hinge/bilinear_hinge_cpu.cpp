@@ -78,9 +78,8 @@ int64_t run(const HingeTileArgs& a) {
   int64_t violators = 0;
   const T margin = static_cast<T>(a.margin);
 
-  const int threads = a.threads > 0 ? a.threads : max_threads();
 #pragma omp parallel for schedule(static) reduction(+ : violators) reduction(| : nonfinite) \
-    num_threads(threads) if (B * n >= kParallelMinElems && threads > 1)
+    if (B * n >= kParallelMinElems)
   for (int64_t b = 0; b < B; ++b) {
     T* row = S + b * n;
     const T base = margin - pos[b];

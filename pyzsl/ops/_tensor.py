@@ -139,16 +139,14 @@ def cpu_gemm() -> str:
     return "numpy" if amd and "openblas" in str(blas).lower() else "torch"
 
 
-def gemm(a: Tensor, b: Tensor, out: Tensor, accumulate: Tensor | None = None) -> Tensor:
+def gemm(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
     """``out = a @ b`` with the faster BLAS of :func:`cpu_gemm` (transposed views are fine: no
-    copies). ``accumulate``: add the product to it instead (``out`` is then scratch space)."""
+    copies)."""
     if a.is_cuda or cpu_gemm() == "torch":
-        if accumulate is not None:
-            return accumulate.addmm_(a, b)
         return torch.mm(a, b, out=out)
     with np.errstate(all="ignore"):  # inf/NaN inputs are the kernels' to report, as with torch.mm
         np.matmul(a.detach().numpy(), b.detach().numpy(), out=out.detach().numpy())
-    return out if accumulate is None else accumulate.add_(out)
+    return out
 
 
 def mm_tile(a: Tensor, b: Tensor, out: Tensor) -> Tensor:

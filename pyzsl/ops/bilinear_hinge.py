@@ -22,12 +22,9 @@ from pyzsl.ops import _reference
 from pyzsl.ops._tensor import (
     as_tensor,
     check,
-    gemm,
     load_extension,
-    mm_tile,
     pick_backend,
     raise_if_nonfinite,
-    scan_threads,
     stream,
     tile_columns,
     view,
@@ -62,19 +59,21 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
         WU = U if row_weight is None else U * row_weight[:, None]
     n = tile_columns(B, C, U, tile_elems)
     buf = torch.empty(B * n, dtype=dt, device=dev)
-    scratch = torch.empty_like(U) if want_grad else None  # dU's tile product, where BLAS can't add
-    s, threads = stream(U), scan_threads(U)
+    # torch's BLAS, not mm_tile's choice: numpy's OpenBLAS threads, spinning between GEMMs, slow
+    # down the torch ops around them (2 cores, B=256 C=3001: 16 ms against 1.9 ms) and gain
+    # nothing at the benchmark's size
+    s = stream(U)
     for c0 in range(0, C, n):
         c1 = min(C, c0 + n)
         Tc = T[c0:c1]
-        S = mm_tile(U, Tc, out=buf[: B * (c1 - c0)].view(B, c1 - c0))
+        S = torch.mm(U, Tc.T, out=buf[: B * (c1 - c0)].view(B, c1 - c0))
         violators = ext.hinge_tile(view(S), view(positive), view(y), view(class_mask), view(loss),
                                    view(count), view(best), view(best_idx), view(status), c0, C,
-                                   float(margin), hardest, want_grad, s, threads)
+                                   float(margin), hardest, want_grad, s)
         if want_grad and violators != 0:  # S now holds dL/dS of the tile (0/1)
-            gemm(S, Tc, out=scratch, accumulate=dU)
+            dU.addmm_(S, Tc)
             if want_dT:
-                gemm(S.T, WU, out=dT[c0:c1])
+                torch.mm(S.T, WU, out=dT[c0:c1])
     raise_if_nonfinite(status, "the scores (V, M or T contains NaN/inf)")
     if want_grad:
         # the true class's column: dL/ds_{b,y_b} = -count_b
@@ -91,8 +90,7 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
 class _BilinearHinge(torch.autograd.Function):
     @staticmethod
     def forward(ctx, V, M, T, y, margin, reduction, class_mask, hardest, tile_elems):
-        # every GEMM on one BLAS: torch's threads wake up slowly next to OpenBLAS's spinning ones
-        U = gemm(V, M.T, out=V.new_empty(V.shape[0], M.shape[0]))
+        U = V @ M.T
         B = V.shape[0]
         early = any(ctx.needs_input_grad[:3]) and not hardest and reduction != "none"
         # dT costs a third of the GEMMs: skip it when T is fixed (e.g. class embeddings)
@@ -124,8 +122,8 @@ class _BilinearHinge(torch.autograd.Function):
         else:
             dU = dU * (g * ctx.scale)
             dT = dT * (g * ctx.scale) if dT is not None else None
-        dV = gemm(dU, M, out=torch.empty_like(V)) if ctx.needs_input_grad[0] else None
-        dM = gemm(dU.T, V, out=torch.empty_like(M)) if ctx.needs_input_grad[1] else None
+        dV = dU @ M if ctx.needs_input_grad[0] else None
+        dM = dU.T @ V if ctx.needs_input_grad[1] else None
         dT = dT if ctx.needs_input_grad[2] else None
         return dV, dM, dT, None, None, None, None, None, None
 
