@@ -93,14 +93,11 @@ def fit(method, X, Z, train, src, tgt, device, backend):
         r = self_learning(X, Z, seed, src_words=src.words, tgt_words=tgt.words, **SL, **common)
         info = dict(iterations=r.n_iter, objective=r.objective, induced=int(r.dictionary.shape[0]),
                     seed_pairs=int(r.seed.shape[0]))
-        if method in RCSLS_REFIT:
-            # the unsupervised seed pairs are a heuristic: only the induced dictionary is refitted
-            d = r.dictionary if method == "unsupervised" else torch.cat([r.dictionary, seed])
-            rr = rcsls(X, Z, d, init=r.mapping if r.mapping.tgt is None else None, **RCSLS, **common)
-            return rr.mapping, info
-        if method != "sl+rcsls":
+        if method not in RCSLS_REFIT and method != "sl+rcsls":
             return r.mapping, info
-        d = torch.cat([r.dictionary, train])
+        # the refit's dictionary: the induced one plus the given pairs (for sl+rcsls the train
+        # dictionary); the unsupervised seed pairs are a heuristic, only its induced ones count
+        d = r.dictionary if method == "unsupervised" else torch.cat([r.dictionary, seed])
         rr = rcsls(X, Z, d, init=r.mapping if r.mapping.tgt is None else None, **RCSLS, **common)
         return rr.mapping, info
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")

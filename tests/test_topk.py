@@ -143,6 +143,9 @@ def test_extension_rejects_mismatched_views():
         C.topk_tile(S, None, None, np.zeros((3, 2)), np.zeros((3, 2), np.int64), np.zeros(1, np.int32), 0, 5)
     with pytest.raises(ValueError, match="scores: expected a numpy array"):
         C.topk_tile([[1.0]], None, None, np.zeros((3, 2)), np.zeros((3, 2), np.int64), np.zeros(1, np.int32), 0, 5)
+    with pytest.raises(ValueError, match="threads: expected 0"):
+        C.topk_tile(S, None, None, np.zeros((3, 2), np.float32), np.zeros((3, 2), np.int64), np.zeros(1, np.int32),
+                    0, 5, threads=-1)
 
 
 def test_several_row_blocks(device):

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from pyzsl.bli.retrieval import _as_matrix, _as_vector, _tie_sort, knn_mean, resolve_backend, topk, unit
 
-__all__ = ["shard_offsets", "sharded_topk", "sharded_csls"]
+__all__ = ["sharded_topk", "sharded_csls"]
 
 
 def _check_dist(group) -> int:
@@ -37,15 +37,21 @@ def _check_dist(group) -> int:
     return dist.get_world_size(group)
 
 
-def shard_offsets(n_local: int, like: Tensor, group=None) -> tuple[int, int, list[int]]:
-    """``(offset of this rank's shard, total rows, every rank's row count)``, from one all-gather."""
+def _layout(Q: Tensor, n_local: int, group) -> tuple[int, int]:
+    """``(offset of this rank's shard, total targets)`` from one all-gather of every rank's
+    (queries, dims, shard rows); every rank must hold the same queries (the merges' all-gathers
+    need equal shapes) and some rank a target. Every rank raises alike, none hangs."""
     world = _check_dist(group)
-    mine = torch.tensor([n_local], dtype=torch.int64, device=like.device)
-    sizes = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(sizes, mine, group=group)
-    counts = [int(s) for s in sizes]
-    rank = dist.get_rank(group)
-    return sum(counts[:rank]), sum(counts), counts
+    mine = torch.tensor([Q.shape[0], Q.shape[1], n_local], dtype=torch.int64, device=Q.device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    if any(not torch.equal(e[:2], every[0][:2]) for e in every):
+        raise ValueError("Q: every rank must hold the same queries; got shapes "
+                         + ", ".join(str(tuple(e[:2].tolist())) for e in every))
+    counts = [int(e[2]) for e in every]
+    if sum(counts) == 0:
+        raise ValueError("T_shard: no rank holds any target")
+    return sum(counts[:dist.get_rank(group)]), sum(counts)
 
 
 def _gather_merge(v: Tensor, j: Tensor, k: int, group) -> tuple[Tensor, Tensor]:
@@ -78,17 +84,6 @@ def _local_topk(Q: Tensor, T: Tensor, k: int, bias: Tensor | None, offset: int, 
     return _pad(v, j + offset, k)
 
 
-def _check_queries(Q: Tensor, group) -> None:
-    """Every rank must hold the same number of queries (the all-gathers need equal shapes)."""
-    world = _check_dist(group)
-    mine = torch.tensor([Q.shape[0], Q.shape[1]], dtype=torch.int64, device=Q.device)
-    every = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(every, mine, group=group)
-    if any(not torch.equal(e, every[0]) for e in every):
-        raise ValueError("Q: every rank must hold the same queries; got shapes "
-                         + ", ".join(str(tuple(e.tolist())) for e in every))
-
-
 def sharded_topk(Q, T_shard, k: int, bias: Tensor | None = None, *, group=None,
                  backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Top-``k`` of ``Q @ T.T + bias`` over the targets of every rank: ``(values, global
@@ -102,10 +97,7 @@ def sharded_topk(Q, T_shard, k: int, bias: Tensor | None = None, *, group=None,
         raise ValueError(f"k: expected a positive int, got {k!r}")
     if bias is not None:
         bias = _as_vector(bias, "bias", T.shape[0], like=Q).contiguous()
-    _check_queries(Q, group)
-    offset, total, _ = shard_offsets(T.shape[0], Q, group)
-    if total == 0:
-        raise ValueError("T_shard: no rank holds any target")
+    offset, total = _layout(Q, T.shape[0], group)
     k = min(k, total)
     v, j = _local_topk(Q, T, k, bias, offset, backend)
     return _gather_merge(v, j, k, group)
@@ -125,10 +117,7 @@ def sharded_csls(Q, T_shard, k: int = 1, *, knn: int = 10, src=None, normalize: 
         raise ValueError(f"k and knn: expected positive ints, got {k!r} and {knn!r}")
     if normalize:
         Q, T, S = unit(Q), unit(T), unit(S)
-    _check_queries(Q, group)
-    offset, total, _ = shard_offsets(T.shape[0], Q, group)
-    if total == 0:
-        raise ValueError("T_shard: no rank holds any target")
+    offset, total = _layout(Q, T.shape[0], group)
     k, knn = min(k, total), min(knn, total)
     bias = -0.5 * knn_mean(T, S, knn, backend=backend) if T.shape[0] else None
     if T.shape[0] and Q.shape[0] and resolve_backend(backend, Q) == "pyzsl":

@@ -12,6 +12,7 @@ from pyzsl.ops import _reference
 from pyzsl.ops._tensor import (
     as_tensor,
     check,
+    gemm,
     load_extension,
     mm_tile,
     pick_backend,
@@ -117,7 +118,7 @@ def bilinear_topk_heads(
 def _sweep(V, M, T, heads, tile_elems):
     C_ext = load_extension()
     B, C = V.shape[0], T.shape[0]
-    U = V if M is None else V @ M.T
+    U = V if M is None else gemm(V, M.T, out=V.new_empty(B, M.shape[0]))  # the tiles' BLAS
     out = [(torch.full((B, k), float("-inf"), dtype=V.dtype, device=V.device),
              torch.full((B, k), -1, dtype=torch.int64, device=V.device)) for k, _, _ in heads]
     status = torch.zeros(1, dtype=torch.int32, device=V.device)

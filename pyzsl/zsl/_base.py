@@ -290,33 +290,31 @@ class BilinearZSL:
         V = self._prep_inputs(X)
         T = self._prep_classes(class_embeddings)
         mask, penalty = self._mask_and_bias(T, candidates, seen_penalty, csls=False)
-        rows = None if mask is None else mask.nonzero()[:, 0]
+        rows = torch.arange(T.shape[0], device=T.device) if mask is None else mask.nonzero()[:, 0]
         with torch.no_grad():
             P = T if self.M_ is None else T @ self.M_          # tᵀ M x = (Mᵀ t)ᵀ x
-            scale = P.norm(dim=1, keepdim=True).clamp_min(torch.finfo(P.dtype).tiny)
+            tiny = torch.finfo(P.dtype).tiny
+            scale = P.norm(dim=1, keepdim=True).clamp_min(tiny)
             base = P / scale
             Q, assign = P, None
             for _ in range(int(max_iter) + 1):
                 bias = penalty
                 if self.csls_k:
                     hub = torch.zeros(P.shape[0], dtype=P.dtype, device=P.device)
-                    if rows is None:
-                        hub = -0.5 * self._prototype_hubness(Q)
-                    else:
-                        hub[rows] = -0.5 * self._prototype_hubness(Q[rows])
+                    hub[rows] = -0.5 * self._prototype_hubness(Q[rows])
                     bias = hub if bias is None else bias + hub
                 new = _ops.bilinear_topk(V, None, Q.contiguous(), 1, class_mask=mask, class_bias=bias,
                                          backend=self.backend)[1][:, 0].long()
-                if strength == 0 or (assign is not None and bool((new == assign).all())):
-                    assign = new
-                    break
+                done = strength == 0 or (assign is not None and torch.equal(new, assign))
                 assign = new
+                if done:
+                    break
                 sums = torch.zeros_like(P).index_add_(0, assign, V)
                 norms = sums.norm(dim=1, keepdim=True)
                 has = norms[:, 0] > 0
-                Q = P.clone()
                 moved = base[has] + strength * sums[has] / norms[has]
-                Q[has] = scale[has] * moved / moved.norm(dim=1, keepdim=True).clamp_min(torch.finfo(P.dtype).tiny)
+                Q = P.clone()
+                Q[has] = scale[has] * moved / moved.norm(dim=1, keepdim=True).clamp_min(tiny)
         return assign.cpu().numpy().astype(np.int64)
 
     def decision_function(
