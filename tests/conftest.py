@@ -45,3 +45,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set PYZSL_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: its tiny T×T and T×P products would otherwise wake a
+    second OpenMP thread, which costs tens of milliseconds a call on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pyzsl.meta import MAML, EpisodeSampler, TaskBatch, evaluate_tasks, maml_loss
 from pyzsl.meta.baselines import (finetune_predict, nearest_class_mean, nearest_neighbour,

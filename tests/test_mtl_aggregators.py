@@ -24,14 +24,7 @@ def _projected_rows(G, order):
     return torch.stack(rows)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny T×T and T×P products: on the shared 2-core machine, waking a second OpenMP thread
-    # costs tens of milliseconds per call under load.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _order(T, seed=0):

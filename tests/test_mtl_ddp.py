@@ -10,8 +10,9 @@ from torch import nn
 
 from pyzsl.mtl import MGDA, Equal, GradNorm, HardSharing, MultiTaskTrainer, PCGrad
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with the gloo backend is not available")
+pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with the gloo backend is not available"),
+              pytest.mark.usefixtures("one_thread")]
 
 # equal: one weighted backward, per-task gradients on probe steps; the rest: per-task gradients
 CONFIGS = [("equal", False), ("pcgrad", False), ("mgda", True), ("gradnorm", False)]
@@ -47,14 +48,6 @@ def _worker(rank, world, out_dir):
         res[(name, ub)] = (params, diag, all(torch.equal(gathered[0], x) for x in gathered))
     if rank == 0:
         torch.save(res, os.path.join(out_dir, "ddp.pt"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):

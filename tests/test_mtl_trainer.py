@@ -12,12 +12,7 @@ from pyzsl.mtl import (CAGrad, CrossStitch, Equal, Fixed, GradNorm, HardSharing,
                        multilenet, multilenet_cross_stitch, word_mlp_depths)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TASKS = ("a", "b", "c")
@@ -220,7 +215,7 @@ def _fit_pieces(tmp_path, agg_fn, split):
     full = fresh().fit((X, ys), steps=13, batch_size=16, progress=False)
     torch.manual_seed(123)
     ck = tmp_path / "ck.pt"
-    a = fresh().fit((X, ys), steps=split, batch_size=16, progress=False, checkpoint=ck, checkpoint_every=4)
+    fresh().fit((X, ys), steps=split, batch_size=16, progress=False, checkpoint=ck, checkpoint_every=4)
     torch.manual_seed(999)  # resume must not depend on the RNG state of the new process
     b = fresh().load(ck)
     assert b.step_count == split

@@ -41,7 +41,26 @@ class TaskBatch:
                          mv(self.query_y), mv(self.context), dict(self.info))
 
 
-class EpisodeSampler:
+class _Seeded:
+    """A task source with its own ``torch.Generator``: callable, and checkpointable through
+    ``state_dict`` / ``load_state_dict`` so that a resumed run draws the same tasks."""
+
+    generator: torch.Generator
+
+    def sample(self, n_tasks: int = 1) -> TaskBatch:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __call__(self, n_tasks: int = 1) -> TaskBatch:
+        return self.sample(n_tasks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class EpisodeSampler(_Seeded):
     """Seeded N-way K-shot episodes from the examples of ``classes``.
 
     Each episode draws ``n_way`` distinct classes, then ``k_shot + q_queries`` distinct
@@ -115,17 +134,8 @@ class EpisodeSampler:
         return TaskBatch(self.X[s_idx], sy, self.X[q_idx], qy, ctx,
                          {"classes": cls, "support_index": s_idx, "query_index": q_idx})
 
-    def __call__(self, n_tasks: int = 1) -> TaskBatch:
-        return self.sample(n_tasks)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-
-
-class SinusoidTasks:
+class SinusoidTasks(_Seeded):
     """Sinusoid regression tasks of the MAML paper: ``y = A sin(x - phi)``, A ~ U[0.1, 5],
     phi ~ U[0, pi], x ~ U[-5, 5]; ``k_shot`` support and ``q_queries`` query points per task.
     ``info`` holds the amplitudes and phases (T,)."""
@@ -156,12 +166,3 @@ class SinusoidTasks:
         k = self.k_shot
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], None,
                          {"amplitude": a.flatten(), "phase": ph.flatten()})
-
-    def __call__(self, n_tasks: int = 1) -> TaskBatch:
-        return self.sample(n_tasks)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])

@@ -137,7 +137,28 @@ class Aggregator(nn.Module):
         return ""
 
 
-class Equal(Aggregator):
+class _LossWeighting(Aggregator):
+    """An update ``sum_i w_i g_i`` for weights ``_w(T)`` that do not depend on G: the same weights
+    scale the losses in a single weighted backward and the task-specific heads."""
+
+    def _w(self, T: int) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def weights(self, gram: Tensor) -> Tensor:
+        return self._w(gram.shape[0]).to(gram.device)
+
+    def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
+        G = _check_G(G)
+        return _finite(G, self._w(G.shape[0]).to(G) @ G)
+
+    def loss_weights(self, T: int) -> Tensor:
+        return self._w(T)
+
+    def head_weights(self, T: int) -> Tensor:
+        return self._w(T).clone()
+
+
+class Equal(_LossWeighting):
     """Equal weighting: ``sum_i g_i`` (``reduction="sum"``) or their mean. Needs nothing."""
 
     gram_based = True
@@ -153,24 +174,15 @@ class Equal(Aggregator):
         w = torch.ones(T, dtype=torch.float64)
         return w / T if self.reduction == "mean" else w
 
-    def weights(self, gram: Tensor) -> Tensor:
-        return self._w(gram.shape[0]).to(gram.device)
-
     def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
         G = _check_G(G)
         return _finite(G, G.sum(0) if self.reduction == "sum" else G.mean(0))
-
-    def loss_weights(self, T: int) -> Tensor:
-        return self._w(T)
-
-    def head_weights(self, T: int) -> Tensor:
-        return self._w(T)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
 
 
-class Fixed(Aggregator):
+class Fixed(_LossWeighting):
     """Fixed weights: ``sum_i w_i g_i`` for user-given ``w`` (T,). Needs nothing."""
 
     gram_based = True
@@ -187,19 +199,6 @@ class Fixed(Aggregator):
         if T != self.w.numel():
             raise ValueError(f"Fixed has {self.w.numel()} weights but G has {T} task rows")
         return self.w
-
-    def weights(self, gram: Tensor) -> Tensor:
-        return self._w(gram.shape[0]).to(gram.device)
-
-    def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
-        G = _check_G(G)
-        return _finite(G, self._w(G.shape[0]).to(G) @ G)
-
-    def loss_weights(self, T: int) -> Tensor:
-        return self._w(T)
-
-    def head_weights(self, T: int) -> Tensor:
-        return self._w(T).clone()
 
 
 class PCGrad(Aggregator):
@@ -507,7 +506,7 @@ class _AdamBuffers(nn.Module):
         param.sub_(self.lr * mhat / (vhat.sqrt() + self.eps))
 
 
-class GradNorm(Aggregator):
+class GradNorm(_LossWeighting):
     """GradNorm (Chen et al., 2018): loss weights w_i that equalise the weighted gradient norms.
 
     ``update = sum_i w_i g_i``. After each step, ``observe`` takes one Adam step on w for
@@ -534,13 +533,6 @@ class GradNorm(Aggregator):
             raise ValueError(f"GradNorm was built for {self.w.numel()} tasks but G has {T} rows")
         return self.w
 
-    def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
-        G = _check_G(G)
-        return _finite(G, self._w(G.shape[0]).to(G) @ G)
-
-    def head_weights(self, T: int) -> Tensor:
-        return self._w(T).clone()
-
     @torch.no_grad()
     def observe(self, G: Tensor | None, losses: Tensor) -> None:
         if G is None:
@@ -565,7 +557,7 @@ class GradNorm(Aggregator):
         return f"n_tasks={self.w.numel()}, alpha={self.alpha}, lr={self.opt.lr}"
 
 
-class Uncertainty(Aggregator):
+class Uncertainty(_LossWeighting):
     """Uncertainty weighting (Kendall, Gal & Cipolla, 2018).
 
     Learnable log-variances s_i; total loss ``sum_i exp(−s_i) L_i + s_i``, so the update is
@@ -587,16 +579,6 @@ class Uncertainty(Aggregator):
         if T != self.log_var.numel():
             raise ValueError(f"Uncertainty was built for {self.log_var.numel()} tasks but got {T}")
         return torch.exp(-self.log_var)
-
-    def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
-        G = _check_G(G)
-        return _finite(G, self._w(G.shape[0]).to(G) @ G)
-
-    def loss_weights(self, T: int) -> Tensor:
-        return self._w(T)
-
-    def head_weights(self, T: int) -> Tensor:
-        return self._w(T)
 
     @torch.no_grad()
     def observe(self, G: Tensor | None, losses: Tensor) -> None:
