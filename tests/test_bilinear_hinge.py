@@ -224,3 +224,49 @@ def test_fixed_class_embeddings(device, reduction):
     w = torch.randn_like(want)
     for a, b in zip(torch.autograd.grad((ours * w).sum(), (V, M)), torch.autograd.grad((want * w).sum(), (V, M))):
         assert rel_err(a, b) < tol(device)
+
+
+@pytest.mark.parametrize("needs", [(v, m, t) for v in (0, 1) for m in (0, 1) for t in (0, 1) if v or m or t])
+@pytest.mark.parametrize("size", [(29, 7, 5, 3), (3, 7, 5, 29)])  # few classes: T M; many: V Mᵀ
+@pytest.mark.parametrize("negatives", ["sum", "max"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_both_associations(device, needs, size, negatives, reduction):
+    from pyzsl.ops._tensor import map_classes_first
+
+    B, dv, dt, C = size
+    assert map_classes_first(B, C, dv, dt, tuple(map(bool, needs))) == (C < B)  # both paths run here
+    leaves = make(*size, device, dtype=kernel_dtype(device))
+    V, M, T = (x.detach().requires_grad_(bool(n)) for x, n in zip(leaves[:3], needs))
+    y = leaves[3]
+    ours = bilinear_hinge_loss(V, M, T, y, 0.5, reduction, None, negatives, backend="pyzsl", tile_elems=2 * B)
+    V64, M64, T64 = (x.detach().double().requires_grad_(bool(n)) for x, n in zip((V, M, T), needs))
+    want = ref.bilinear_hinge_loss(V64, M64, T64, y, 0.5, reduction, None, negatives)
+    assert rel_err(ours.double(), want) < tol(device)
+    w = torch.randn_like(want)
+    wrt = [x for x, n in zip((V, M, T), needs) if n]
+    wrt64 = [x for x, n in zip((V64, M64, T64), needs) if n]
+    for a, b in zip(torch.autograd.grad((ours * w.to(ours.dtype)).sum(), wrt),
+                    torch.autograd.grad((want * w).sum(), wrt64)):
+        assert rel_err(a.double(), b) < tol(device) or b.abs().max() == a.abs().max() == 0
+
+
+@pytest.mark.parametrize("negatives", ["sum", "max"])
+def test_gradcheck_few_classes(negatives):
+    V, M, T, y = make(7, 4, 3, 3, "cpu", seed=3)  # C < B: the map goes on the classes
+    f = lambda V, M, T: bilinear_hinge_loss(V, M, T, y, 1.0, "mean", None, negatives, backend="pyzsl",
+                                            tile_elems=7)
+    assert torch.autograd.gradcheck(f, (V, M, T), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_no_rows(reduction):
+    # torch's conventions: the mean of no rows is NaN, the sum 0; every gradient is zero
+    V, M, T, _ = make(1, 4, 3, 5, "cpu")
+    V = V.detach()[:0].requires_grad_()
+    y = torch.zeros(0, dtype=torch.int64)
+    ours = bilinear_hinge_loss(V, M, T, y, reduction=reduction, backend="pyzsl")
+    want = ref.bilinear_hinge_loss(V, M, T, y, reduction=reduction)
+    assert ours.shape == want.shape and torch.equal(ours.isnan(), want.isnan())
+    assert torch.equal(ours.nan_to_num(), want.nan_to_num())
+    for g in torch.autograd.grad(ours.sum(), (V, M, T)):
+        assert g.abs().sum() == 0

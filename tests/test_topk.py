@@ -7,7 +7,15 @@ from pyzsl.ops import _reference as ref
 from pyzsl.ops import bilinear_topk
 from pyzsl.ops.topk import bilinear_topk_heads
 
-SIZES = [(1, 1, 1, 1, 1), (1, 3, 2, 7, 3), (7, 5, 4, 13, 13), (31, 17, 11, 257, 10), (2, 3, 3, 1009, 50), (13, 8, 6, 2, 1)]
+SIZES = [(1, 1, 1, 1, 1), (1, 3, 2, 7, 3), (7, 5, 4, 13, 13), (31, 17, 11, 257, 10), (2, 3, 3, 1009, 50), (13, 8, 6, 2, 1),
+         (37, 9, 7, 5, 3)]
+
+
+def test_sizes_take_both_associations():
+    from pyzsl.ops._tensor import map_classes_first
+
+    # V Mᵀ against T, and V against T M (fewer classes than queries)
+    assert {map_classes_first(B, C, dv, dt) for B, dv, dt, C, _ in SIZES} == {False, True}
 
 
 def kernel_dtype(device):

@@ -186,6 +186,17 @@ def tile_shape(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> tuple
     return max(block, 1), tile_columns(block, cols, x, tile_elems)
 
 
+def map_classes_first(B: int, C: int, dv: int, dt: int, needs: tuple[bool, bool, bool] = (False, False, False)
+                      ) -> bool:
+    """Where the map of a bilinear score ``t_jᵀ M v_b`` goes: True if ``P = T @ M`` (C×dv)
+    costs fewer multiply-adds than ``U = V @ M.T`` (B×dt), counting the score GEMMs and the
+    gradient GEMMs that ``needs`` (dV, dM, dT) asks for. Roughly: fewer classes than rows."""
+    need_v, need_m, need_t = needs
+    by_rows = B * dv * dt + B * C * dt * (1 + (need_v or need_m) + need_t) + B * dt * dv * (need_v + need_m)
+    by_cols = C * dt * dv + B * C * dv * (1 + need_v + (need_m or need_t)) + C * dt * dv * (need_m + need_t)
+    return by_cols < by_rows
+
+
 def raise_if_nonfinite(status: Tensor, what: str) -> None:
     if int(status.item()) != 0:
         raise ValueError(f"non-finite value (NaN or inf) in {what}")

@@ -2,9 +2,11 @@
 Akata et al. 2015, and VSE++, Faghri et al. 2018).
 
 Equals ``hinge(V @ M.T @ T.T)`` summed over the negatives, without the B×C matrix:
-``U = V @ M.T`` is formed once (B×dt), then the classes are swept in tiles of ``n``
-columns; the caller's BLAS computes each B×n score tile, the kernel turns it into loss
-terms and, in place, into dL/dS, and two more GEMMs fold that tile into dU and dT.
+the map goes on the cheaper side, ``U = V @ M.T`` (B×dt) or, when there are fewer classes
+than rows, ``P = T @ M`` (C×dv; ``s_bj = p_jᵀ v_b``, up to B/C times fewer FLOPs); then
+the classes are swept in tiles of ``n`` columns: the caller's BLAS computes each B×n score
+tile, the kernel turns it into loss terms and, in place, into dL/dS, and two more GEMMs
+fold that tile into the gradients of the two swept factors.
 Tiles without a margin violator contribute an exactly zero gradient and are skipped on
 the CPU. For ``reduction`` sum/mean the gradients are produced in the forward sweep
 (three GEMM passes in all, as the plain formulation does); ``"none"`` re-sweeps in the
@@ -15,6 +17,8 @@ when ``torch.backends.cuda.matmul.allow_tf32`` (or ``fp32_precision="tf32"``) is
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -23,6 +27,7 @@ from pyzsl.ops._tensor import (
     as_tensor,
     check,
     load_extension,
+    map_classes_first,
     pick_backend,
     raise_if_nonfinite,
     stream,
@@ -35,12 +40,13 @@ REDUCTIONS = ("none", "sum", "mean")
 NEGATIVES = ("sum", "max")
 
 
-def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems, want_dT=True):
+def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems, want_dU=True,
+           want_dT=True):
     """One pass over the class tiles.
 
     Returns per-row loss (B,), the hardest violator per row (B,) and, with ``want_grad``
-    (sum mode), dU (B×dt) and dT (C×dt, None unless ``want_dT``) of ``sum_b w_b loss_b``
-    (w = row_weight or 1).
+    (sum mode), dU (B×d, None unless ``want_dU``) and dT (C×d, None unless ``want_dT``) of
+    ``sum_b w_b loss_b`` (w = row_weight or 1).
     """
     ext = load_extension()
     B, C = U.shape[0], T.shape[0]
@@ -55,7 +61,7 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
     positive = torch.linalg.vecdot(U, Ty)
     dU = dT = None
     if want_grad:
-        dU = torch.zeros_like(U)
+        dU = torch.zeros_like(U) if want_dU else None
         dT = torch.zeros_like(T) if want_dT else None
         WU = U if row_weight is None else U * row_weight[:, None]
     n = tile_columns(B, C, U, tile_elems)
@@ -72,60 +78,76 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
                                    view(count), view(best), view(best_idx), view(status), c0, C,
                                    float(margin), hardest, want_grad, s)
         if want_grad and violators != 0:  # S now holds dL/dS of the tile (0/1)
-            dU.addmm_(S, Tc)
+            if want_dU:
+                dU.addmm_(S, Tc)
             if want_dT:
                 torch.mm(S.T, WU, out=dT[c0:c1])
     raise_if_nonfinite(status, "the scores (V, M or T contains NaN/inf)")
     if want_grad:
         # the true class's column: dL/ds_{b,y_b} = -count_b
         cnt = count.to(dt)
-        dU.addcmul_(cnt[:, None], Ty, value=-1)
+        if want_dU:
+            dU.addcmul_(cnt[:, None], Ty, value=-1)
+            if row_weight is not None:
+                dU.mul_(row_weight[:, None])
         if want_dT:
             dT.index_add_(0, y, -cnt[:, None] * WU)
-        if row_weight is not None:
-            dU.mul_(row_weight[:, None])
     per_row = (best if hardest else loss).to(dt)
     return per_row, best_idx, dU, dT
 
 
 class _BilinearHinge(torch.autograd.Function):
+    """Scores ``L @ R.T`` with (L, R) = (V Mᵀ, T) or (V, T M), whichever is cheaper; the sweep
+    gives dL and dR, which the chain rule takes back to V, M and T."""
+
     @staticmethod
     def forward(ctx, V, M, T, y, margin, reduction, class_mask, hardest, tile_elems):
-        U = V @ M.T
+        need_v, need_m, need_t = ctx.needs_input_grad[:3]
+        by_cols = map_classes_first(V.shape[0], T.shape[0], V.shape[1], T.shape[1], (need_v, need_m, need_t))
+        L, R = (V, T @ M) if by_cols else (V @ M.T, T)
+        want_dL = need_v if by_cols else need_v or need_m
+        want_dR = need_m or need_t if by_cols else need_t
+        early = (want_dL or want_dR) and not hardest and reduction != "none"
+        per_row, best_idx, dL, dR = _sweep(L, R, y, margin, class_mask, hardest, early, None, tile_elems,
+                                           want_dU=want_dL, want_dT=want_dR)
         B = V.shape[0]
-        early = any(ctx.needs_input_grad[:3]) and not hardest and reduction != "none"
-        # dT costs a third of the GEMMs: skip it when T is fixed (e.g. class embeddings)
-        per_row, best_idx, dU, dT = _sweep(U, T, y, margin, class_mask, hardest, early, None,
-                                           tile_elems, want_dT=ctx.needs_input_grad[2])
-        scale = 1.0 / B if reduction == "mean" else 1.0
+        scale = 1.0 / max(B, 1) if reduction == "mean" else 1.0
         ctx.reduction, ctx.hardest, ctx.margin, ctx.tile_elems = reduction, hardest, margin, tile_elems
-        ctx.scale = scale
-        ctx.save_for_backward(V, M, T, y, U, best_idx, dU, dT, class_mask)
+        ctx.scale, ctx.by_cols, ctx.want = scale, by_cols, (want_dL, want_dR)
+        ctx.save_for_backward(V, M, T, y, L, R, best_idx, dL, dR, class_mask)
         if reduction == "none":
             return per_row
-        return per_row.sum() * scale
+        # the mean of no rows is NaN, as torch's; its gradients stay zero
+        return per_row.sum() * (scale if B or reduction == "sum" else math.nan)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        V, M, T, y, U, best_idx, dU, dT, class_mask = ctx.saved_tensors
+        V, M, T, y, L, R, best_idx, dL, dR, class_mask = ctx.saved_tensors
+        want_dL, want_dR = ctx.want
         B = V.shape[0]
         if ctx.hardest:
             w = g if ctx.reduction == "none" else g.expand(B) * ctx.scale
             w = w * (best_idx >= 0)
             j = best_idx.clamp_min(0)
-            dU = w[:, None] * (T[j] - T[y])
-            wU = w[:, None] * U
-            dT = torch.zeros_like(T).index_add_(0, j, wU).index_add_(0, y, -wU)
+            dL = w[:, None] * (R[j] - R[y])
+            wL = w[:, None] * L
+            dR = torch.zeros_like(R).index_add_(0, j, wL).index_add_(0, y, -wL)
         elif ctx.reduction == "none":
-            _, _, dU, dT = _sweep(U, T, y, ctx.margin, class_mask, False, True, g.to(U.dtype),
-                                  ctx.tile_elems, want_dT=ctx.needs_input_grad[2])
+            _, _, dL, dR = _sweep(L, R, y, ctx.margin, class_mask, False, True, g.to(L.dtype),
+                                  ctx.tile_elems, want_dU=want_dL, want_dT=want_dR)
         else:
-            dU = dU * (g * ctx.scale)
-            dT = dT * (g * ctx.scale) if dT is not None else None
-        dV = dU @ M if ctx.needs_input_grad[0] else None
-        dM = dU.T @ V if ctx.needs_input_grad[1] else None
-        dT = dT if ctx.needs_input_grad[2] else None
+            dL = dL * (g * ctx.scale) if dL is not None else None
+            dR = dR * (g * ctx.scale) if dR is not None else None
+        need_v, need_m, need_t = ctx.needs_input_grad[:3]
+        if ctx.by_cols:  # L = V, R = T M
+            dV = dL if need_v else None
+            dM = T.T @ dR if need_m else None
+            dT = dR @ M.T if need_t else None
+        else:            # L = V Mᵀ, R = T
+            dV = dL @ M if need_v else None
+            dM = dL.T @ V if need_m else None
+            dT = dR if need_t else None
         return dV, dM, dT, None, None, None, None, None, None
 
 

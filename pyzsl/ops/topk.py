@@ -14,6 +14,7 @@ from pyzsl.ops._tensor import (
     check,
     gemm,
     load_extension,
+    map_classes_first,
     mm_tile,
     pick_backend,
     raise_if_nonfinite,
@@ -65,9 +66,10 @@ def bilinear_topk(
 
     Equals ``torch.topk(V @ M.T @ T.T + class_bias, k)`` (masked classes excluded) without
     forming the B×C matrix: the caller's BLAS computes one B×n score tile at a time and the
-    kernel merges it into the running top-k. Extra memory: O(B·dt + B·k) plus one tile of
-    ``tile_elems`` elements (default 64 MB on the CPU, 128 MB on CUDA). At 200k × 200k words,
-    d = 300, float32: 240 MB per matrix, 16 MB of results, one tile: about 0.5 GB in all.
+    kernel merges it into the running top-k. The map goes on the cheaper side: ``V @ M.T``, or
+    ``T @ M`` when there are fewer classes than queries. Extra memory: O(min(B·dt, C·dv) + B·k)
+    plus one tile of ``tile_elems`` elements (default 64 MB on the CPU, 128 MB on CUDA). At
+    200k × 200k words, d = 300, float32: 240 MB per matrix, 16 MB of results, one tile: about 0.5 GB in all.
 
     Args:
         V: B×dv queries (float32/float64 on the CPU, float32 on CUDA; numpy accepted).
@@ -118,6 +120,8 @@ def bilinear_topk_heads(
 def _sweep(V, M, T, heads, tile_elems):
     C_ext = load_extension()
     B, C = V.shape[0], T.shape[0]
+    if M is not None and map_classes_first(B, C, V.shape[1], T.shape[1]):
+        T, M = gemm(T, M, out=T.new_empty(C, V.shape[1])), None  # few classes: score V against T M
     U = V if M is None else gemm(V, M.T, out=V.new_empty(B, M.shape[0]))  # the tiles' BLAS
     out = [(torch.full((B, k), float("-inf"), dtype=V.dtype, device=V.device),
              torch.full((B, k), -1, dtype=torch.int64, device=V.device)) for k, _, _ in heads]
