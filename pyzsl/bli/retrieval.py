@@ -18,7 +18,7 @@ Backends (``backend=``):
 
 - ``"pyzsl"``: :func:`pyzsl.ops.bilinear_topk`, the fused similarity top-k (CPU float32/64,
   CUDA float32): tiles of the similarity matrix are reduced to the running top-k.
-  Extra memory O((B + C)·k) plus one score tile (64 MB on the CPU, 128 MB on CUDA).
+  Extra memory O((B + C)·k) plus one score tile (128 MB).
 - ``"faiss"``: an exact inner-product index (``IndexFlatIP``; a GPU index when faiss has GPU
   support and the data is on CUDA); a bias is an extra coordinate. Extra memory: a float32
   copy of Q and T (plus one column). Needs ``pip install pyzsl[faiss]``.

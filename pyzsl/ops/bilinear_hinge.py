@@ -169,9 +169,9 @@ def bilinear_hinge_loss(
     Per row: ``sum_{j != y_b, class_mask_j} max(0, margin - s_{b,y_b} + s_bj)``; with
     ``negatives="max"`` only the largest of those terms. Equals
     :func:`pyzsl.ops._reference.bilinear_hinge_loss` (which builds ``V @ M.T @ T.T``)
-    without allocating the B×C matrix. Extra memory: O((B + C)·dt) for U and the
-    gradients, plus one B×n tile of ``tile_elems`` elements (default 64 MB on the CPU,
-    128 MB on CUDA).
+    without allocating the B×C matrix. Extra memory: O((B + C)·d) for U (or T M) and the
+    gradients, plus one B×n tile of ``tile_elems`` elements (default on the CPU: n ≤ 2048
+    and at most 64 MB; on CUDA 128 MB).
 
     Args:
         V: B×dv inputs. M: dt×dv compatibility. T: C×dt class embeddings. All three

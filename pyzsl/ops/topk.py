@@ -68,8 +68,8 @@ def bilinear_topk(
     forming the B×C matrix: the caller's BLAS computes one B×n score tile at a time and the
     kernel merges it into the running top-k. The map goes on the cheaper side: ``V @ M.T``, or
     ``T @ M`` when there are fewer classes than queries. Extra memory: O(min(B·dt, C·dv) + B·k)
-    plus one tile of ``tile_elems`` elements (default 64 MB on the CPU, 128 MB on CUDA). At
-    200k × 200k words, d = 300, float32: 240 MB per matrix, 16 MB of results, one tile: about 0.5 GB in all.
+    plus one tile of ``tile_elems`` elements (default 32M: 128 MB float32). At 200k × 200k
+    words, d = 300, float32: 240 MB per matrix, 16 MB of results, one tile: about 0.6 GB in all.
 
     Args:
         V: B×dv queries (float32/float64 on the CPU, float32 on CUDA; numpy accepted).
