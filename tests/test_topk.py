@@ -5,7 +5,7 @@ import torch
 
 from pyzsl.ops import _reference as ref
 from pyzsl.ops import bilinear_topk
-from pyzsl.ops.topk import bilinear_topk_heads
+from pyzsl.ops.topk import bilinear_topk_heads, topk_both_ways
 
 SIZES = [(1, 1, 1, 1, 1), (1, 3, 2, 7, 3), (7, 5, 4, 13, 13), (31, 17, 11, 257, 10), (2, 3, 3, 1009, 50), (13, 8, 6, 2, 1),
          (37, 9, 7, 5, 3)]
@@ -157,8 +157,8 @@ def test_extension_rejects_mismatched_views():
 
 
 def test_several_row_blocks(device):
-    # more rows than one row block (2048 on the CPU): blocks must not mix their results
-    V, M, T = make(2100, 4, 3, 37, device, seed=3)
+    # more rows than one row block (8192): blocks must not mix their results
+    V, M, T = make(8200, 4, 3, 37, device, seed=3)
     assert_same_topk(bilinear_topk(V, M, T, 5, backend="pyzsl", tile_elems=4096), ref.bilinear_topk(V, M, T, 5))
 
 
@@ -204,3 +204,30 @@ def test_either_cpu_blas_gives_the_same_topk(monkeypatch, gemm):
             _tensor.cpu_gemm()
     finally:
         _tensor.cpu_gemm.cache_clear()
+
+
+@pytest.mark.parametrize("B,dv,dt,C,k", SIZES + [(8200, 3, 3, 29, 4)])  # the last: two row blocks
+def test_both_ways_equal_two_sweeps(device, B, dv, dt, C, k):
+    V, _, T = make(B, dv, dv, C, device)  # V: B×dv, T: C×dv (no map)
+    k_cols = min(B, k + 1)
+    rows, cols = topk_both_ways(V, T, k, k_cols, tile_elems=2 * min(B, 8192) + 1)
+    assert_same_topk(rows, ref.bilinear_topk(V, None, T, k))
+    assert_same_topk(cols, ref.bilinear_topk(T, None, V, k_cols))
+
+
+def test_both_ways_ties_go_to_the_smaller_index(device):
+    V = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=kernel_dtype(device), device=device)
+    T = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.5, 0.0]], dtype=V.dtype, device=device)
+    (rv, ri), (cv, ci) = topk_both_ways(V, T, 2, 3, tile_elems=4)  # several tiles in both directions
+    assert ri[0].tolist() == [1, 2] and ri[2].tolist() == [0, 1]
+    assert ci[1].tolist() == [0, 1, 3] and ci[0].tolist() == [2, 0, 1]
+
+
+def test_both_ways_bad_arguments():
+    V, T = torch.randn(4, 3), torch.randn(6, 3)
+    with pytest.raises(ValueError, match=r"k: expected an int in \[1, 6\]"):
+        topk_both_ways(V, T, 7)
+    with pytest.raises(ValueError, match=r"k: expected an int in \[1, 4\]"):
+        topk_both_ways(V, T, 2, 5)  # k_cols counts the rows of V
+    with pytest.raises(ValueError, match="columns"):
+        topk_both_ways(V, torch.randn(6, 2), 2)

@@ -16,10 +16,10 @@ Objective and model selection (never a test dictionary): the mean CSLS score
 of the best objective, then (optionally) refitted on its dictionary with VecMap's
 whitening/re-weighting (``final_options``, Artetxe et al., 2018 AAAI).
 
-Cost per iteration: two k-NN passes of the fused top-k over the ``vocab_cutoff`` × ``vocab_cutoff``
-similarities (never materialised): each side's top-``n_candidates`` neighbours give both CSLS
-r-terms and the candidate translations. Without dropout the induction is exact: a row is
-accepted only if its best candidate beats an upper bound on every non-candidate
+Cost per iteration: one sweep of the fused top-k over the ``vocab_cutoff`` × ``vocab_cutoff``
+similarities (never materialised), reduced both ways: each side's top-``n_candidates``
+neighbours give both CSLS r-terms and the candidate translations. Without dropout the induction
+is exact: a row is accepted only if its best candidate beats an upper bound on every non-candidate
 (``2·min(kth_src, kth_tgt) − r_src − r_tgt``); the rare rows that fail go through one exact biased
 top-1 pass. Extra memory O((n + m)·n_candidates) besides the embeddings.
 """
@@ -50,6 +50,17 @@ def _topk(Q: Tensor, T: Tensor, k: int, bias: Tensor | None = None, backend: str
     from pyzsl.bli import retrieval
 
     return retrieval.topk(Q, T, k, bias=bias, backend=backend)
+
+
+def _topk_both_ways(Q: Tensor, T: Tensor, k: int, backend: str = "auto"):
+    """(top-``k`` of each row of ``Q @ T.T``, of each column): one sweep on the kernel."""
+    from pyzsl.bli import retrieval
+
+    if retrieval.resolve_backend(backend, Q) == "pyzsl":
+        from pyzsl.ops.topk import topk_both_ways
+
+        return topk_both_ways(Q.contiguous(), T.contiguous(), k)
+    return _topk(Q, T, k, backend=backend), _topk(T, Q, k, backend=backend)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +190,8 @@ def induce_dictionary(
     n, m = xw.shape[0], zw.shape[0]
     K = min(max(n_candidates, csls_knn, 1), n, m)
     knn = min(csls_knn, K)
-    vf, jf = _topk(xw, zw, K, backend=backend)   # source rows → target neighbours
-    vb, ib = _topk(zw, xw, K, backend=backend)   # target rows → source neighbours
+    # source rows → target neighbours, target rows → source neighbours
+    (vf, jf), (vb, ib) = _topk_both_ways(xw, zw, K, backend=backend)
     jf, ib = jf.long(), ib.long()
     if knn > 0:
         r_src, r_tgt = vf[:, :knn].mean(1), vb[:, :knn].mean(1)
