@@ -54,13 +54,16 @@ def _topk(Q: Tensor, T: Tensor, k: int, backend: str):
 
 
 def _neighbour_sum(Q: Tensor, T: Tensor, k: int, backend: str, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """For each row q of Q: (mean of its k largest ⟨q, t⟩, mean of those k rows t), O(B·(k+d))."""
+    """For each row q of Q: (mean of its k largest ⟨q, t⟩, mean of those k rows t), O(B·(k+d)).
+
+    Repeated rows (a word with several translations) are searched once."""
+    Q, inv = torch.unique(Q, dim=0, return_inverse=True)
     vals, sums = [], []
     for i in range(0, Q.shape[0], chunk):
         v, j = _topk(Q[i:i + chunk], T, k, backend)
         vals.append(v.mean(1))
         sums.append(T[j.reshape(-1)].reshape(j.shape[0], j.shape[1], -1).mean(1))
-    return torch.cat(vals), torch.cat(sums)
+    return torch.cat(vals)[inv], torch.cat(sums)[inv]
 
 
 def rcsls_objective(Xd: Tensor, Yd: Tensor, Zs: Tensor, Zt: Tensor, W: Tensor, knn: int = 10,
