@@ -284,13 +284,16 @@ def _dense_rcsls(Xd, Yd, Zs, Zt, W, k):
     return (2 * (XW * Yd).sum(1) - f_t - f_s).mean()
 
 
-def test_rcsls_objective_and_gradient_match_autograd():
+@pytest.mark.parametrize("backend", ["torch", "pyzsl"])
+def test_rcsls_objective_and_gradient_match_autograd(backend):
     X, Z, _, truth = _isometric_pair(60, 5, 0.3, seed=10, dtype=torch.float64)
     W = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
-    Xd, Yd = X[truth[:20, 0]], Z[truth[:20, 1]]
+    # words with several translations: repeated sources and targets (searched once inside)
+    pairs = torch.cat([truth[:20], truth[[0, 0, 3]], torch.stack([truth[[1, 2], 0], truth[[2, 1], 1]], 1)])
+    Xd, Yd = X[pairs[:, 0]], Z[pairs[:, 1]]
     f_ref = _dense_rcsls(Xd, Yd, X, Z, W, 4)
     f_ref.backward()
-    f, g = rcsls_objective(Xd, Yd, X, Z, W.detach(), 4, backend="torch", grad=True)
+    f, g = rcsls_objective(Xd, Yd, X, Z, W.detach(), 4, backend=backend, grad=True)
     assert math.isclose(f, float(f_ref.detach()), rel_tol=1e-10)
     torch.testing.assert_close(g, W.grad, atol=1e-10, rtol=0)
 
