@@ -126,8 +126,9 @@ def topk_both_ways(
     Equals ``(bilinear_topk(V, None, T, k), bilinear_topk(T, None, V, k_cols))`` (ties:
     smaller index first) with each score tile computed once: dictionary induction needs the
     nearest neighbours in both directions (CSLS both ways). The column side scans a copy of
-    each tile transposed in memory, a few percent of the tile's GEMM. Memory: as
-    :func:`bilinear_topk`, plus the column results (C×k_cols) and a second tile.
+    each tile transposed in memory, about a third of the tile's GEMM on 2 CPU cores: 20k × 20k,
+    k = 32 takes 2.5-2.7 s against 3.2-3.4 s for two sweeps. Memory: as :func:`bilinear_topk`,
+    plus the column results (C×k_cols) and a second tile.
     """
     V, _, T = _check_matrices(V, None, T)
     B, C = V.shape[0], T.shape[0]
