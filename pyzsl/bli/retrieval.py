@@ -264,18 +264,21 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
         r_T = knn_mean(T, S, knn, backend=backend, chunk_bytes=chunk_bytes)
     else:
         r_T = _as_vector(r_T, "r_T", T.shape[0], like=Q)
-    knn = min(knn, T.shape[0])
-    k = min(k, T.shape[0])
+    (near, _), (v, j) = _near_and_biased(Q, T, min(knn, T.shape[0]), min(k, T.shape[0]), -0.5 * r_T,
+                                         backend, chunk_bytes)
+    return 2 * v - near.mean(dim=1, keepdim=True), j
+
+
+def _near_and_biased(Q: Tensor, T: Tensor, knn: int, k: int, bias: Tensor, backend: str,
+                     chunk_bytes: int = _CHUNK_BYTES):
+    """``(top-knn of Q Tᵀ, top-k of Q Tᵀ + bias)``, each ``(values, indices)``: CSLS's r_Q and
+    its retrieval. With the kernel one sweep (each score tile feeds both), otherwise two."""
     if resolve_backend(backend, Q) == "pyzsl" and Q.shape[0] > 0:
         from pyzsl.ops.topk import bilinear_topk_heads
 
-        (near, _), (v, j) = bilinear_topk_heads(Q.contiguous(), None, T.contiguous(),
-                                                [(knn, None, None), (k, None, -0.5 * r_T)])
-        r_Q = near.mean(dim=1)
-    else:
-        r_Q = knn_mean(Q, T, knn, backend=backend, chunk_bytes=chunk_bytes)
-        v, j = topk(Q, T, k, -0.5 * r_T, backend=backend, chunk_bytes=chunk_bytes)
-    return 2 * v - r_Q[:, None], j
+        return bilinear_topk_heads(Q.contiguous(), None, T.contiguous(), [(knn, None, None), (k, None, bias)])
+    return (topk(Q, T, knn, backend=backend, chunk_bytes=chunk_bytes),
+            topk(Q, T, k, bias, backend=backend, chunk_bytes=chunk_bytes))
 
 
 def inverted_softmax(Q, T, k: int = 1, *, beta: float = 10.0, src=None, lse: Tensor | None = None,

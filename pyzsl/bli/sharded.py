@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pyzsl.bli.retrieval import _as_matrix, _as_vector, _tie_sort, knn_mean, resolve_backend, topk, unit
+from pyzsl.bli.retrieval import _as_matrix, _as_vector, _near_and_biased, _spaces, _tie_sort, knn_mean, topk
 
 __all__ = ["sharded_topk", "sharded_csls"]
 
@@ -110,27 +110,21 @@ def sharded_csls(Q, T_shard, k: int = 1, *, knn: int = 10, src=None, normalize: 
     ``src``: the (mapped) source space whose neighbourhoods define ``r_T`` (default ``Q``), the
     same on every rank. Equals :func:`pyzsl.bli.retrieval.csls` on the concatenated shards.
     """
-    Q = _as_matrix(Q, "Q")
-    T = _as_matrix(T_shard, "T_shard", like=Q)
-    S = Q if src is None else _as_matrix(src, "src", like=Q)
     if not isinstance(k, int) or k < 1 or not isinstance(knn, int) or knn < 1:
         raise ValueError(f"k and knn: expected positive ints, got {k!r} and {knn!r}")
-    if normalize:
-        Q, T, S = unit(Q), unit(T), unit(S)
+    Q = _as_matrix(Q, "Q")
+    Q, T, S = _spaces(Q, _as_matrix(T_shard, "T_shard", like=Q), src, normalize)  # errors name T_shard
     offset, total = _layout(Q, T.shape[0], group)
     k, knn = min(k, total), min(knn, total)
-    bias = -0.5 * knn_mean(T, S, knn, backend=backend) if T.shape[0] else None
-    if T.shape[0] and Q.shape[0] and resolve_backend(backend, Q) == "pyzsl":
-        from pyzsl.ops.topk import bilinear_topk_heads
-
+    if T.shape[0]:
         c = T.shape[0]
-        (nv, nj), (v, j) = bilinear_topk_heads(Q.contiguous(), None, T.contiguous(),
-                                                [(min(knn, c), None, None), (min(k, c), None, bias)])
+        bias = -0.5 * knn_mean(T, S, knn, backend=backend)
+        (nv, nj), (v, j) = _near_and_biased(Q, T, min(knn, c), min(k, c), bias, backend)
         near, _ = _pad(nv, nj + offset, knn)
         v, j = _pad(v, j + offset, k)
-    else:
+    else:  # an empty shard offers only padding
         near, _ = _local_topk(Q, T, knn, None, offset, backend)
-        v, j = _local_topk(Q, T, k, bias, offset, backend)
+        v, j = _local_topk(Q, T, k, None, offset, backend)
     near, _ = _gather_merge(near, torch.zeros_like(near, dtype=torch.int64), knn, group)
     v, j = _gather_merge(v, j, k, group)
     return 2 * v - near.mean(dim=1, keepdim=True), j
