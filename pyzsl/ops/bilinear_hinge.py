@@ -63,7 +63,7 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
     if want_grad:
         dU = torch.zeros_like(U) if want_dU else None
         dT = torch.zeros_like(T) if want_dT else None
-        WU = U if row_weight is None else U * row_weight[:, None]
+        WU = U if row_weight is None or not want_dT else U * row_weight[:, None]  # dT's only
     n = tile_columns(B, C, U, tile_elems)
     buf = torch.empty(B * n, dtype=dt, device=dev)
     # torch's BLAS, not mm_tile's choice: numpy's OpenBLAS threads, spinning between GEMMs, slow
