@@ -167,22 +167,12 @@ def scan_threads(x: Tensor) -> int:
     return 1 if not x.is_cuda and cpu_gemm() == "numpy" else 0
 
 
-def tile_columns(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> int:
-    """Columns per score tile: a B×n tile of at most ``tile_elems`` elements.
-
-    Defaults: 32M elements on CUDA (128 MB); on the CPU at most 2048 columns and 16M elements
-    (64 MB float32). Narrow tiles measured fastest for the hinge's three GEMMs on 2 cores:
-    B=1024, C=21841 fwd+bwd 262 ms with 2048 columns against 312 ms with 16384; B=256 74
-    against 105 ms; B=4096, C=100k 4.53 s, the same as 4096 columns.
-    """
-    if tile_elems is None:
-        if not x.is_cuda:
-            return max(1, min(cols, 2048, (1 << 24) // max(rows, 1)))
-        tile_elems = 1 << 25
+def tile_columns(rows: int, cols: int, tile_elems: int) -> int:
+    """Columns per score tile: a rows×n tile of at most ``tile_elems`` elements (at least one)."""
     return max(1, min(cols, tile_elems // max(rows, 1)))
 
 
-def tile_shape(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> tuple[int, int]:
+def tile_shape(rows: int, cols: int, tile_elems: int | None) -> tuple[int, int]:
     """(row block, columns) of a score tile for a sweep over both rows and columns.
 
     Row blocks of at most 8192 rows, tiles of at most ``tile_elems`` elements (default 32M,
@@ -190,8 +180,8 @@ def tile_shape(rows: int, cols: int, x: Tensor, tile_elems: int | None) -> tuple
     50k × 50k top-10, 8192×4096 tiles take 8.3 s, 2048×8192 ones 9.2 s (OpenBLAS; MKL 8.3
     against 8.6 s), the bare GEMMs 8.0 s: the packed right operand is reused over more rows.
     """
-    block = min(rows, 8192)
-    return max(block, 1), tile_columns(block, cols, x, (1 << 25) if tile_elems is None else tile_elems)
+    block = max(min(rows, 8192), 1)
+    return block, tile_columns(block, cols, (1 << 25) if tile_elems is None else tile_elems)
 
 
 def map_classes_first(B: int, C: int, dv: int, dt: int, needs: tuple[bool, bool, bool] = (False, False, False)

@@ -149,7 +149,7 @@ def _sweep(V, M, T, heads, tile_elems, k_cols=0):
     out = [(torch.full((B, k), float("-inf"), dtype=V.dtype, device=V.device),
              torch.full((B, k), -1, dtype=torch.int64, device=V.device)) for k, _, _ in heads]
     status = torch.zeros(1, dtype=torch.int32, device=V.device)
-    rows, n = tile_shape(B, C, V, tile_elems)
+    rows, n = tile_shape(B, C, tile_elems)
     buf = torch.empty(rows * n, dtype=V.dtype, device=V.device)
     s = stream(V)
     masks_biases = [(view(mask), view(bias)) for _, mask, bias in heads]

@@ -167,6 +167,11 @@ class BilinearZSL:
     def _prep_classes(self, T: ArrayLike, name: str = "class_embeddings") -> Tensor:
         return self._prep(T, name, self.n_class_features_, self.class_mean_, self.normalize_classes)
 
+    def _prepared(self, X: ArrayLike, class_embeddings: ArrayLike) -> tuple[Tensor, Tensor]:
+        """The prediction methods' start: a fitted model, and X and the classes as it sees them."""
+        self._check_fitted()
+        return self._prep_inputs(X), self._prep_classes(class_embeddings)
+
     def _mask_and_bias(self, T: Tensor, candidates: ArrayLike | None, seen_penalty: float, csls: bool = True
                        ) -> tuple[Tensor | None, Tensor | None]:
         C = T.shape[0]
@@ -238,9 +243,7 @@ class BilinearZSL:
         ``seen_penalty``: calibrated stacking, subtracted from the scores of ``classes_``.
         Ties go to the smaller class index. Returns int64 (B×k) and float (B×k) arrays.
         """
-        self._check_fitted()
-        V = self._prep_inputs(X)
-        T = self._prep_classes(class_embeddings)
+        V, T = self._prepared(X, class_embeddings)
         mask, bias = self._mask_and_bias(T, candidates, seen_penalty)
         n_allowed = T.shape[0] if mask is None else int(mask.sum())
         if not isinstance(k, (int, np.integer)) or k < 1 or k > n_allowed:
@@ -277,18 +280,16 @@ class BilinearZSL:
         assignment changes or ``max_iter`` rounds (k-means started from the class embeddings,
         as in the visual-structure prototypes of Wan et al. 2019). The scores keep the model's
         scale, so ``seen_penalty`` applies unchanged; the CSLS correction (``csls_k``) is
-        recomputed for the moved prototypes each round (O(C·N_ref·d) a round; the unmoved
-        prototypes' hub terms cost 3 points on supersense). ``strength = 0`` is :meth:`predict`.
-        Labels are never used: this is the transductive setting (a batch of unlabelled inputs
+        recomputed for the prototypes that moved in a round (O(C·N_ref·d) at most a round;
+        keeping the initial prototypes' hub terms costs 3 points on supersense).
+        ``strength = 0`` is :meth:`predict`. Labels are never used: this is the transductive setting (a batch of unlabelled inputs
         classified together), not the inductive one. Extra memory O((B + C)·d), no B×C matrix.
         """
         if not np.isfinite(strength) or strength < 0:
             raise ValueError(f"strength must be a finite number >= 0, got {strength}")
         if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
             raise ValueError(f"max_iter must be an integer >= 0, got {max_iter}")
-        self._check_fitted()
-        V = self._prep_inputs(X)
-        T = self._prep_classes(class_embeddings)
+        V, T = self._prepared(X, class_embeddings)
         mask, penalty = self._mask_and_bias(T, candidates, seen_penalty, csls=False)
         rows = torch.arange(T.shape[0], device=T.device) if mask is None else mask.nonzero()[:, 0]
         with torch.no_grad():
@@ -297,11 +298,13 @@ class BilinearZSL:
             scale = P.norm(dim=1, keepdim=True).clamp_min(tiny)
             base = P / scale
             Q, assign = P, None
+            hub = torch.zeros(P.shape[0], dtype=P.dtype, device=P.device)
+            stale = rows  # the prototypes whose hub term is out of date
             for _ in range(int(max_iter) + 1):
                 bias = penalty
                 if self.csls_k:
-                    hub = torch.zeros(P.shape[0], dtype=P.dtype, device=P.device)
-                    hub[rows] = -0.5 * self._prototype_hubness(Q[rows])
+                    if stale.numel():
+                        hub[stale] = -0.5 * self._prototype_hubness(Q[stale])
                     bias = hub if bias is None else bias + hub
                 new = _ops.bilinear_topk(V, None, Q.contiguous(), 1, class_mask=mask, class_bias=bias,
                                          backend=self.backend)[1][:, 0].long()
@@ -313,8 +316,9 @@ class BilinearZSL:
                 norms = sums.norm(dim=1, keepdim=True)
                 has = norms[:, 0] > 0
                 moved = base[has] + strength * sums[has] / norms[has]
-                Q = P.clone()
+                Q_old, Q = Q, P.clone()
                 Q[has] = scale[has] * moved / moved.norm(dim=1, keepdim=True).clamp_min(tiny)
+                stale = rows[(Q[rows] != Q_old[rows]).any(1)]
         return assign.cpu().numpy().astype(np.int64)
 
     def decision_function(
@@ -329,9 +333,7 @@ class BilinearZSL:
         This one does form the B×C matrix (that is what it returns); use ``predict_topk``
         to rank many classes without it.
         """
-        self._check_fitted()
-        V = self._prep_inputs(X)
-        T = self._prep_classes(class_embeddings)
+        V, T = self._prepared(X, class_embeddings)
         cols = None if candidates is None else as_class_set(candidates, "candidates", T.shape[0])
         _, bias = self._mask_and_bias(T, cols, seen_penalty)
         with torch.no_grad():

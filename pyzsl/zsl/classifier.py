@@ -29,20 +29,30 @@ log = logging.getLogger(__name__)
 _BACKENDS = ("auto", "pyzsl", "torch")
 
 
-def _check_common(normalize_inputs: bool, normalize_classes: bool, center: bool, backend: str,
-                  csls_k: int = 0) -> None:
-    for name, v in (("normalize_inputs", normalize_inputs), ("normalize_classes", normalize_classes),
-                    ("center", center)):
-        if not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool, got {v!r}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if not isinstance(csls_k, (int, np.integer)) or isinstance(csls_k, bool) or csls_k < 0:
-        raise ValueError(f"csls_k must be an integer >= 0 (0: no hubness correction), got {csls_k!r}")
-
-
 class _Prep(BilinearZSL):
-    """Fit-time part shared by the models: checks, seen-class re-indexing, centring."""
+    """What the models share: the common constructor arguments, and the fit-time checks,
+    seen-class re-indexing and centring."""
+
+    def _set_common(self, normalize_inputs: bool, normalize_classes: bool, center: bool,
+                    device: str | torch.device, dtype: torch.dtype, backend: str, csls_k: int) -> None:
+        """Check and store the arguments every model takes (before any of its own)."""
+        for name, v in (("normalize_inputs", normalize_inputs), ("normalize_classes", normalize_classes),
+                        ("center", center)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {v!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if not isinstance(csls_k, (int, np.integer)) or isinstance(csls_k, bool) or csls_k < 0:
+            raise ValueError(f"csls_k must be an integer >= 0 (0: no hubness correction), got {csls_k!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        self.normalize_inputs = bool(normalize_inputs)
+        self.normalize_classes = bool(normalize_classes)
+        self.center = bool(center)
+        self.device = str(device)
+        self.dtype = dtype
+        self.backend = backend
+        self.csls_k = int(csls_k)
 
     def _fit_prep(self, X: ArrayLike, y: ArrayLike, class_embeddings: ArrayLike):
         for a in ("M_", "classes_"):  # a fit that fails leaves the model unfitted, not half-fitted
@@ -141,7 +151,7 @@ class ZeroShotClassifier(_Prep):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        _check_common(normalize_inputs, normalize_classes, center, backend, csls_k)
+        self._set_common(normalize_inputs, normalize_classes, center, device, dtype, backend, csls_k)
         if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
         if negatives not in ("sum", "max"):
@@ -157,23 +167,14 @@ class ZeroShotClassifier(_Prep):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         if init not in ("auto", "identity", "random"):
             raise ValueError(f"init must be 'auto', 'identity' or 'random', got {init!r}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         self.margin = float(margin)
         self.negatives = negatives
-        self.normalize_inputs = bool(normalize_inputs)
-        self.normalize_classes = bool(normalize_classes)
-        self.center = bool(center)
         self.lr = float(lr)
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.lr_schedule = lr_schedule
         self.weight_decay = float(weight_decay)
         self.init = init
-        self.device = str(device)
-        self.dtype = dtype
-        self.backend = backend
-        self.csls_k = int(csls_k)
         self.seed = int(seed)
         self.progress = bool(progress)
 
@@ -257,14 +258,7 @@ class CosineZSL(_Prep):
         backend: str = "auto",
         csls_k: int = 0,
     ) -> None:
-        _check_common(normalize_inputs, normalize_classes, center, backend, csls_k)
-        self.csls_k = int(csls_k)
-        self.normalize_inputs = bool(normalize_inputs)
-        self.normalize_classes = bool(normalize_classes)
-        self.center = bool(center)
-        self.device = str(device)
-        self.dtype = dtype
-        self.backend = backend
+        self._set_common(normalize_inputs, normalize_classes, center, device, dtype, backend, csls_k)
 
     def fit(self, X: ArrayLike, y: ArrayLike, class_embeddings: ArrayLike) -> "CosineZSL":
         """Record the seen classes (and the means when ``center``); no parameters are learned."""

@@ -21,7 +21,7 @@ import time
 import torch
 
 from pyzsl.zsl._base import ArrayLike
-from pyzsl.zsl.classifier import _check_common, _Prep
+from pyzsl.zsl.classifier import _Prep
 
 __all__ = ["ESZSL"]
 
@@ -54,24 +54,15 @@ class ESZSL(_Prep):
         backend: str = "auto",
         csls_k: int = 0,
     ) -> None:
-        _check_common(normalize_inputs, normalize_classes, center, backend, csls_k)
+        self._set_common(normalize_inputs, normalize_classes, center, device, dtype, backend, csls_k)
         for name, v in (("gamma", gamma), ("lam", lam)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if targets not in ("onehot", "pm1"):
             raise ValueError(f"targets must be 'onehot' or 'pm1', got {targets!r}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         self.gamma = float(gamma)
         self.lam = float(lam)
         self.targets = targets
-        self.normalize_inputs = bool(normalize_inputs)
-        self.normalize_classes = bool(normalize_classes)
-        self.center = bool(center)
-        self.device = str(device)
-        self.dtype = dtype
-        self.backend = backend
-        self.csls_k = int(csls_k)
 
     def fit(self, X: ArrayLike, y: ArrayLike, class_embeddings: ArrayLike) -> "ESZSL":
         """Solve for ``M`` from ``X`` (N×dv), ``y`` (N,) and ``class_embeddings`` (C×dt).
