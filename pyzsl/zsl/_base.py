@@ -282,8 +282,9 @@ class BilinearZSL:
         scale, so ``seen_penalty`` applies unchanged; the CSLS correction (``csls_k``) is
         recomputed for the prototypes that moved in a round (O(C·N_ref·d) at most a round;
         keeping the initial prototypes' hub terms costs 3 points on supersense).
-        ``strength = 0`` is :meth:`predict`. Labels are never used: this is the transductive setting (a batch of unlabelled inputs
-        classified together), not the inductive one. Extra memory O((B + C)·d), no B×C matrix.
+        ``strength = 0`` is :meth:`predict`. Labels are never used: this is the transductive
+        setting (a batch of unlabelled inputs classified together), not the inductive one.
+        Extra memory O((B + C)·d), no B×C matrix.
         """
         if not np.isfinite(strength) or strength < 0:
             raise ValueError(f"strength must be a finite number >= 0, got {strength}")
