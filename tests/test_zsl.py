@@ -388,6 +388,17 @@ def test_bad_hyperparameters(kw, msg):
         ZeroShotClassifier(**kw)
 
 
+@pytest.mark.parametrize("model", [CosineZSL, ESZSL])
+@pytest.mark.parametrize("kw,msg", [
+    (dict(dtype=torch.float16), "dtype"), (dict(backend="cuda"), "backend"),
+    (dict(normalize_classes=1), "normalize_classes"), (dict(center="no"), "center"), (dict(csls_k=1.5), "csls_k"),
+])
+def test_bad_shared_arguments(model, kw, msg):
+    """The arguments every model takes are checked the same way in each."""
+    with pytest.raises((ValueError, TypeError), match=msg):
+        model(**kw)
+
+
 def test_identity_init_needs_square_map():
     X, y, T = toy(dv=7, dt=5)
     with pytest.raises(ValueError, match="init='identity' needs dt == dv"):
