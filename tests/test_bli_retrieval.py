@@ -54,6 +54,19 @@ def test_topk_matches_reference(backend, B, C, d, k, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,C", [(1, 1), (13, 7), (37, 101)])
+def test_topk_both_ways_matches_reference(backend, B, C, device):
+    g = torch.Generator().manual_seed(B + C)
+    Q = torch.randn(B, 5, generator=g).to(device)
+    T = torch.randn(C, 5, generator=g).to(device)
+    (v, i), (vc, ic) = R.topk_both_ways(Q, T, 4, backend=backend)
+    check_knn_with_draws(v, i, *_reference.bilinear_topk(Q, None, T, min(4, C)), atol=1e-4)
+    check_knn_with_draws(vc, ic, *_reference.bilinear_topk(T, None, Q, min(4, B)), atol=1e-4)
+    with pytest.raises(ValueError, match="at least one row"):
+        R.topk_both_ways(Q[:0], T, 4, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_topk_ties(backend, device):
     # integer vectors: many exactly equal scores
     g = torch.Generator().manual_seed(0)

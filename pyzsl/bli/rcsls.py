@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from pyzsl.bli.procrustes import LinearMap, _check_matrix, as_pairs, procrustes
+from pyzsl.bli.retrieval import topk
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ class RCSLSResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _topk(Q: Tensor, T: Tensor, k: int, backend: str):
-    from pyzsl.bli import retrieval
-
-    return retrieval.topk(Q, T, k, backend=backend)
-
-
 def _neighbour_sum(Q: Tensor, T: Tensor, k: int, backend: str, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """For each row q of Q: (mean of its k largest ⟨q, t⟩, mean of those k rows t), O(B·(k+d)).
 
@@ -60,7 +55,7 @@ def _neighbour_sum(Q: Tensor, T: Tensor, k: int, backend: str, chunk: int = 4096
     Q, inv = torch.unique(Q, dim=0, return_inverse=True)
     vals, sums = [], []
     for i in range(0, Q.shape[0], chunk):
-        v, j = _topk(Q[i:i + chunk], T, k, backend)
+        v, j = topk(Q[i:i + chunk], T, k, backend=backend)
         vals.append(v.mean(1))
         sums.append(T[j.reshape(-1)].reshape(j.shape[0], j.shape[1], -1).mean(1))
     return torch.cat(vals)[inv], torch.cat(sums)[inv]

@@ -269,6 +269,26 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
     return 2 * v - near.mean(dim=1, keepdim=True), j
 
 
+def topk_both_ways(Q, T, k: int, *, backend: str = "auto", chunk_bytes: int = _CHUNK_BYTES
+                   ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(top-k of each row of Q Tᵀ, top-k of each column)``, each ``(values, indices)``: the
+    nearest neighbours both ways (dictionary induction). ``k`` is clipped to each side's size.
+    With the kernel one sweep (:func:`pyzsl.ops.topk.topk_both_ways`), otherwise two
+    :func:`topk` calls."""
+    Q = _as_matrix(Q, "Q")
+    T = _as_matrix(T, "T", like=Q)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k: expected a positive int, got {k!r}")
+    if Q.shape[0] == 0 or T.shape[0] == 0:
+        raise ValueError(f"Q and T: need at least one row each, got {Q.shape[0]} and {T.shape[0]}")
+    if resolve_backend(backend, Q) == "pyzsl":
+        from pyzsl.ops.topk import topk_both_ways as fused
+
+        return fused(Q.contiguous(), T.contiguous(), min(k, T.shape[0]), min(k, Q.shape[0]))
+    return (topk(Q, T, k, backend=backend, chunk_bytes=chunk_bytes),
+            topk(T, Q, k, backend=backend, chunk_bytes=chunk_bytes))
+
+
 def _near_and_biased(Q: Tensor, T: Tensor, knn: int, k: int, bias: Tensor, backend: str,
                      chunk_bytes: int = _CHUNK_BYTES):
     """``(top-knn of Q Tᵀ, top-k of Q Tᵀ + bias)``, each ``(values, indices)``: CSLS's r_Q and
@@ -373,5 +393,5 @@ def _dense_csls(Q: Tensor, T: Tensor, src: Tensor, knn: int) -> Tensor:
     return 2 * S - r_T[None, :] - r_Q[:, None]
 
 
-__all__ = ["topk", "knn_mean", "log_sum_exp_over", "nn", "csls", "inverted_softmax", "retrieve",
+__all__ = ["topk", "topk_both_ways", "knn_mean", "log_sum_exp_over", "nn", "csls", "inverted_softmax", "retrieve",
            "Retriever", "unit", "resolve_backend", "BACKENDS", "METHODS"]

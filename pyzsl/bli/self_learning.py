@@ -36,31 +36,12 @@ from torch import Tensor
 
 from pyzsl.bli.normalize import normalize
 from pyzsl.bli.procrustes import LinearMap, as_pairs, procrustes, _check_matrix
+from pyzsl.bli.retrieval import topk, topk_both_ways
 
 log = logging.getLogger(__name__)
 
 SEEDS = ("unsupervised", "identical", "numerals")
 DIRECTIONS = ("forward", "backward", "union", "intersection")
-
-
-# --------------------------------------------------------------------------------------------
-# retrieval primitives (one place, so that every k-NN of this module goes through the fused top-k)
-def _topk(Q: Tensor, T: Tensor, k: int, bias: Tensor | None = None, backend: str = "auto"):
-    """Top-``k`` of ``Q @ T.T + bias`` per row (values, indices) without the full matrix."""
-    from pyzsl.bli import retrieval
-
-    return retrieval.topk(Q, T, k, bias=bias, backend=backend)
-
-
-def _topk_both_ways(Q: Tensor, T: Tensor, k: int, backend: str = "auto"):
-    """(top-``k`` of each row of ``Q @ T.T``, of each column): one sweep on the kernel."""
-    from pyzsl.bli import retrieval
-
-    if retrieval.resolve_backend(backend, Q) == "pyzsl":
-        from pyzsl.ops.topk import topk_both_ways
-
-        return topk_both_ways(Q.contiguous(), T.contiguous(), k)
-    return _topk(Q, T, k, backend=backend), _topk(T, Q, k, backend=backend)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +172,7 @@ def induce_dictionary(
     K = min(max(n_candidates, csls_knn, 1), n, m)
     knn = min(csls_knn, K)
     # source rows → target neighbours, target rows → source neighbours
-    (vf, jf), (vb, ib) = _topk_both_ways(xw, zw, K, backend=backend)
+    (vf, jf), (vb, ib) = topk_both_ways(xw, zw, K, backend=backend)
     jf, ib = jf.long(), ib.long()
     if knn > 0:
         r_src, r_tgt = vf[:, :knn].mean(1), vb[:, :knn].mean(1)
@@ -226,7 +207,7 @@ def induce_dictionary(
             bad = torch.empty(0, dtype=torch.long, device=Q.device)
         if bad.numel():
             fallback += int(bad.numel())
-            _, j = _topk(Q[bad], T, 1, bias=-rc / 2, backend=backend)
+            _, j = topk(Q[bad], T, 1, bias=-rc / 2, backend=backend)
             j = j[:, 0].long()
             arg[bad] = j
             best[bad] = 2 * (Q[bad] * T[j]).sum(1) - rr[bad] - rc[j]
