@@ -141,7 +141,7 @@ class _BilinearHinge(torch.autograd.Function):
             w = g if ctx.reduction == "none" else g.expand(B) * ctx.scale
             w = w * (best_idx >= 0)
             j = best_idx.clamp_min(0)
-            dL = w[:, None] * (R[j] - R[y])
+            dL = w[:, None] * (R.index_select(0, j) - R.index_select(0, y))
             wL = w[:, None] * L
             dR = torch.zeros_like(R).index_add_(0, j, wL).index_add_(0, y, -wL)
         elif ctx.reduction == "none":

@@ -299,11 +299,12 @@ class BilinearZSL:
             scale = P.norm(dim=1, keepdim=True).clamp_min(tiny)
             base = P / scale
             Q, assign = P, None
-            hub = torch.zeros(P.shape[0], dtype=P.dtype, device=P.device)
-            stale = rows  # the prototypes whose hub term is out of date
+            # the unmoved prototypes' hub terms are predict's (cached per class set)
+            hub = -0.5 * self._class_hubness(T, mask) if self.csls_k else None
+            stale = rows[:0]  # the prototypes whose hub term is out of date
             for _ in range(int(max_iter) + 1):
                 bias = penalty
-                if self.csls_k:
+                if hub is not None:
                     if stale.numel():
                         hub[stale] = -0.5 * self._prototype_hubness(Q[stale])
                     bias = hub if bias is None else bias + hub
