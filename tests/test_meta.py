@@ -203,6 +203,66 @@ def test_vmap_and_loop_predictions_agree():
     assert after < before
 
 
+class TwoHeads(nn.Module):
+    """A model whose output is a structure (list of tensors), as multi-head models return."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny_net()
+
+    def forward(self, x):
+        h = self.body(x)
+        return [h, 2 * h]
+
+
+def test_structured_outputs_are_indexed_by_task_on_both_paths():
+    from pyzsl.meta.trainer import evaluate_tasks
+    from pyzsl.meta.episodes import TaskBatch
+
+    sx, sy, qx, qy = tasks(n=2)
+    batch = TaskBatch(sx, sy, qx, qy)
+
+    def loss(out, y):
+        return F.mse_loss(out[0], y)
+
+    got = [evaluate_tasks(MAML(TwoHeads(), 0.3, 2, loss_fn=loss, vectorize=v), batch) for v in (True, False)]
+    # the reference: each task on its own
+    want = [evaluate_tasks(MAML(TwoHeads(), 0.3, 2, loss_fn=loss),
+                           TaskBatch(sx[t:t + 1], sy[t:t + 1], qx[t:t + 1], qy[t:t + 1]))[0] for t in range(2)]
+    assert got[0] == pytest.approx(want, rel=1e-12) and got[1] == pytest.approx(want, rel=1e-12)
+    out = MAML(TwoHeads(), 0.3, loss_fn=loss, vectorize=False).predict({}, qx)
+    assert isinstance(out, list) and out[1].shape == (2, 6, 1)  # the same structure as vmap's
+    with pytest.raises(ValueError, match="chunk"):
+        evaluate_tasks(MAML(TwoHeads(), 0.3, loss_fn=loss), batch, chunk=0)
+
+
+def test_evaluation_runs_in_eval_mode_and_restores_the_mode():
+    from pyzsl.meta.trainer import evaluate_tasks
+    from pyzsl.meta.episodes import TaskBatch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Dropout(0.5), nn.Linear(16, 1)).to(D)
+    m = MAML(model, 0.1, 1, loss_fn=F.mse_loss)
+    batch = TaskBatch(*tasks())
+    for mode in (True, False):
+        m.train(mode)
+        a, b = evaluate_tasks(m, batch), evaluate_tasks(m, batch)
+        assert (a == b).all()  # dropout off: deterministic
+        assert m.training is mode and model[1].training is mode
+
+
+def test_batchnorm_running_stats_under_vmap_say_what_to_do():
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).to(D)
+    sx, sy, qx, qy = tasks()
+    m = MAML(model, 0.1, 1, loss_fn=F.mse_loss)
+    for call in (lambda: m(sx, sy, qx, qy), lambda: m.adapt(sx, sy), lambda: m.task_gradients(sx, sy, qx, qy)):
+        with pytest.raises(ValueError, match=r"'1' \(BatchNorm1d\).*vectorize=False"):
+            call()
+    MAML(model, 0.1, 1, loss_fn=F.mse_loss, vectorize=False)(sx, sy, qx, qy).backward()  # the loop can
+    m.eval()
+    m(sx, sy, qx, qy).backward()  # eval mode uses the running statistics: nothing to update
+
+
 def test_bad_inputs_raise():
     model, batch = tiny_net(), tasks()
     sx, sy, qx, qy = batch
@@ -214,6 +274,8 @@ def test_bad_inputs_raise():
         MAML(model, 0.1, learn_inner_lr="per-step")
     with pytest.raises(ValueError, match="loss_fn"):
         MAML(model, 0.1)(*batch)
+    with pytest.raises(ValueError, match="inner_steps"):
+        MAML(model, 0.1, loss_fn=F.mse_loss).adapt(sx, sy, inner_steps=-3)
 
 
 def test_loss_without_double_backward_refuses_second_order():
@@ -253,6 +315,12 @@ def test_episode_sampler_shapes_labels_no_repeats():
         EpisodeSampler(X, y, 4, 5, 3)
     with pytest.raises(ValueError, match="n_way"):
         EpisodeSampler(X, y, 11, 1, 1)
+    with pytest.raises(ValueError, match="integer class ids"):
+        EpisodeSampler(X, y, 2, 1, 1, classes=[0.9, 2.7])
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 10\); got \[-1, 3\]"):
+        EpisodeSampler(X, y - 1, 2, 1, 1, classes=[-1, 3], label_emb=torch.eye(10))
+    small = EpisodeSampler(X, y.to(torch.int8), 2, 1, 1).sample(1)  # any integer dtype
+    assert small.support_y.dtype == torch.int64
 
 
 def test_sinusoid_tasks_ranges():

@@ -142,6 +142,15 @@ def test_pretrain_classifier_learns():
     assert (pred == y[150:]).double().mean() > 0.85
     with pytest.raises(ValueError, match="labels"):
         pretrain_classifier(body, X, y + 10, 4, 16, epochs=1)
+    # ``seed`` fixes the whole run, the head's initialisation included
+    start = {k: v.clone() for k, v in nn.Linear(5, 3).state_dict().items()}
+    runs = []
+    for global_seed in (1, 2):
+        b = nn.Linear(5, 3)
+        b.load_state_dict(start)
+        torch.manual_seed(global_seed)  # a different global random state each time
+        runs.append(pretrain_classifier(b, X, y, 4, 3, epochs=1, seed=7).state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in start)
 
 
 # -- shared data: a few episodes only -----------------------------------------------------------

@@ -79,7 +79,9 @@ def pretrain_classifier(backbone: nn.Module, X: Tensor, y: Tensor, n_classes: in
         raise ValueError(f"pretrain_classifier: labels must be in [0, {n_classes}), got "
                          f"[{int(y.min())}, {int(y.max())}]")
     g = torch.Generator().manual_seed(seed)
-    head = nn.Linear(feat_dim, n_classes).to(X.dtype)
+    with torch.random.fork_rng(devices=[]):  # the head's init follows ``seed`` too
+        torch.manual_seed(seed)
+        head = nn.Linear(feat_dim, n_classes).to(X.dtype)
     net = nn.Sequential(backbone, head)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     net.train()

@@ -78,7 +78,7 @@ class EpisodeSampler(_Seeded):
         y = torch.as_tensor(y)
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"EpisodeSampler: X has {X.shape[0]} rows but y has {y.shape[0]}")
-        if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise ValueError(f"EpisodeSampler: y must be a 1-d integer tensor, got {y.dtype} "
                              f"{tuple(y.shape)}")
         for name, v in (("n_way", n_way), ("k_shot", k_shot), ("q_queries", q_queries)):
@@ -87,8 +87,14 @@ class EpisodeSampler(_Seeded):
                                  f"{'positive' if name == 'n_way' else 'non-negative'} int, got {v}")
         if k_shot + q_queries == 0:
             raise ValueError("EpisodeSampler: k_shot + q_queries must be > 0")
-        classes_t = (torch.unique(y) if classes is None
-                     else torch.as_tensor(np.asarray(classes), dtype=torch.int64))
+        if classes is None:
+            classes_t = torch.unique(y).to(torch.int64)
+        else:
+            c = np.asarray(classes)
+            if c.ndim != 1 or not (np.issubdtype(c.dtype, np.integer) or c.size == 0):
+                raise ValueError(f"EpisodeSampler: classes must be a 1-d list of integer class "
+                                 f"ids, got {c.dtype} {c.shape}")
+            classes_t = torch.as_tensor(c, dtype=torch.int64)
         if len(classes_t) < n_way:
             raise ValueError(f"EpisodeSampler: n_way={n_way} but only {len(classes_t)} classes")
         if len(torch.unique(classes_t)) != len(classes_t):
@@ -105,9 +111,11 @@ class EpisodeSampler(_Seeded):
         self.classes = classes_t
         self.n_way, self.k_shot, self.q_queries = int(n_way), int(k_shot), int(q_queries)
         self.label_emb = None if label_emb is None else torch.as_tensor(label_emb)
-        if self.label_emb is not None and self.label_emb.shape[0] <= int(classes_t.max()):
-            raise ValueError(f"EpisodeSampler: label_emb has {self.label_emb.shape[0]} rows but "
-                             f"class ids go up to {int(classes_t.max())}")
+        if self.label_emb is not None and (int(classes_t.min()) < 0 or
+                                           self.label_emb.shape[0] <= int(classes_t.max())):
+            raise ValueError(f"EpisodeSampler: label_emb rows are indexed by class id, so ids "
+                             f"must be in [0, {self.label_emb.shape[0]}); got "
+                             f"[{int(classes_t.min())}, {int(classes_t.max())}]")
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def _episode_indices(self) -> tuple[Tensor, Tensor, Tensor]:

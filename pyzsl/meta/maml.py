@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
 
 __all__ = ["maml_loss", "MAML", "LossFn"]
 
@@ -72,6 +73,17 @@ def _split_params(model: nn.Module, params: dict[str, Tensor] | None
         raise ValueError("maml_loss: the model has no parameter to adapt (none requires grad)")
     other = {k: v for k, v in named.items() if k not in params}
     return params, other, dict(model.named_buffers())
+
+
+def _check_vmappable(model: nn.Module, who: str) -> None:
+    """vmap cannot update a buffer shared by the tasks: refuse BatchNorm in training mode
+    (the in-place update of its running statistics) with a message that says what to do."""
+    for name, m in model.named_modules():
+        if m.training and getattr(m, "track_running_stats", False) and \
+                getattr(m, "running_mean", None) is not None:
+            raise ValueError(f"{who}: '{name}' ({type(m).__name__}) updates its running statistics "
+                             f"in training mode, which vmap cannot do across tasks; use "
+                             f"vectorize=False, track_running_stats=False, or eval mode")
 
 
 def _task_fn(model: nn.Module, buffers: dict[str, Tensor], loss_fn: LossFn, inner_steps: int,
@@ -186,6 +198,7 @@ def maml_loss(model: nn.Module, support_x: Tensor, support_y: Tensor, query_x: T
         lrs, lr_float = {}, float(inner_lr)
 
     if vectorize:
+        _check_vmappable(model, "maml_loss")
         per_task, _ = _task_fn(model, buffers, loss_fn, inner_steps, first_order, lr_float,
                                context is not None)
         ctx_dim = 0 if context is not None else None
@@ -308,6 +321,7 @@ class MAML(nn.Module):
         _check_tasks(support_x, support_y, query_x, query_y, context)
         outer = self.outer_parameters()
         if self.vectorize:
+            _check_vmappable(self.model, "MAML.task_gradients")
             p, other, buffers = _split_params(self.model, self._params())
             other_t = {k: v for k, v in other.items() if v.requires_grad}
             other_f = {k: v for k, v in other.items() if not v.requires_grad}
@@ -352,6 +366,8 @@ class MAML(nn.Module):
         """
         fn = self._loss_fn(loss_fn)
         steps = self.inner_steps if inner_steps is None else int(inner_steps)
+        if steps < 0:
+            raise ValueError(f"MAML.adapt: inner_steps must be >= 0, got {inner_steps}")
         n = _check_tasks(support_x, support_y, support_x, support_y, context)
         det = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
         p, other, buffers = _split_params(self.model, self._params())
@@ -360,6 +376,7 @@ class MAML(nn.Module):
         lrs_d = det(lrs) if isinstance(lrs, dict) else {}
         lr_float = lrs if isinstance(lrs, float) else None
         if self.vectorize:
+            _check_vmappable(self.model, "MAML.adapt")
             _, adapt = _task_fn(self.model, buffers, fn, steps, True, lr_float,
                                 context is not None)
             ctx_dim = 0 if context is not None else None
@@ -373,7 +390,8 @@ class MAML(nn.Module):
         return {k: torch.stack([q[k].detach() for q in per]) for k in p}
 
     def predict(self, params: dict[str, Tensor], x: Tensor, context: Tensor | None = None) -> Any:
-        """Outputs of the adapted models (``params`` from :meth:`adapt`) on ``x`` (T×...)."""
+        """Outputs of the adapted models (``params`` from :meth:`adapt`) on ``x`` (T×...): the
+        model's output structure with a leading task dimension on each of its tensors."""
         named = dict(self.model.named_parameters())
         other = {k: v.detach() for k, v in named.items() if k not in params}
         buffers = dict(self.model.named_buffers())
@@ -384,10 +402,9 @@ class MAML(nn.Module):
 
         with torch.no_grad():
             if self.vectorize:
+                _check_vmappable(self.model, "MAML.predict")
                 return vmap(call, in_dims=(0, 0, 0 if context is not None else None),
                             randomness="different")(params, x, context)
             outs = [call({k: v[t] for k, v in params.items()}, x[t],
                          None if context is None else context[t]) for t in range(x.shape[0])]
-            if isinstance(outs[0], Tensor):
-                return torch.stack(outs)
-            return outs
+            return tree_map(lambda *z: torch.stack(z), *outs)

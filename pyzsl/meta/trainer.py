@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_map
 
 from .episodes import TaskBatch
 from .maml import MAML, LossFn
@@ -64,26 +65,28 @@ def evaluate_tasks(maml: MAML, tasks: TaskBatch, metric: Metric | None = None,
                    chunk: int = 100) -> np.ndarray:
     """Per-task score after adaptation: ``metric(output_t, query_y_t)`` (default: the loss)
     for each task, adapting on its support set with ``inner_steps`` steps (default: the
-    model's). Runs in chunks of ``chunk`` tasks to bound memory."""
+    model's). Runs in chunks of ``chunk`` tasks to bound memory, in eval mode (the mode the
+    model was in is restored)."""
+    if chunk < 1:
+        raise ValueError(f"evaluate_tasks: chunk must be >= 1, got {chunk}")
     fn = maml._loss_fn(loss_fn)
     score = metric if metric is not None else (lambda out, y: float(fn(out, y)))
     res: list[float] = []
     n = len(tasks)
-    for lo in range(0, n, chunk):
-        hi = min(n, lo + chunk)
-        ctx = None if tasks.context is None else tasks.context[lo:hi]
-        params = maml.adapt(tasks.support_x[lo:hi], tasks.support_y[lo:hi], fn, ctx, inner_steps)
-        out = maml.predict(params, tasks.query_x[lo:hi], ctx)
-        for t in range(hi - lo):
-            o = out[t] if isinstance(out, Tensor) else _index_output(out, t)
-            res.append(float(score(o, tasks.query_y[lo + t])))
+    was_training = maml.training
+    maml.eval()
+    try:
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            ctx = None if tasks.context is None else tasks.context[lo:hi]
+            params = maml.adapt(tasks.support_x[lo:hi], tasks.support_y[lo:hi], fn, ctx, inner_steps)
+            out = maml.predict(params, tasks.query_x[lo:hi], ctx)
+            for t in range(hi - lo):
+                o = tree_map(lambda z: z[t], out)  # noqa: B023 (used at once)
+                res.append(float(score(o, tasks.query_y[lo + t])))
+    finally:
+        maml.train(was_training)
     return np.asarray(res)
-
-
-def _index_output(out: Any, t: int) -> Any:
-    if isinstance(out, (tuple, list)):
-        return type(out)(_index_output(o, t) for o in out) if isinstance(out, tuple) else out[t]
-    return out[t]
 
 
 class MetaTrainer:
@@ -200,7 +203,6 @@ class MetaTrainer:
         """Mean ``val_metric`` (default: query loss) over the fixed validation tasks."""
         if self.val_tasks is None:
             raise ValueError("MetaTrainer.validate: no val_tasks were given")
-        self.maml.eval()
         return float(evaluate_tasks(self.maml, self.val_tasks, self.val_metric,
                                     self.loss_fn).mean())
 
