@@ -56,8 +56,8 @@ def _basis(X: Tensor, keep: float | None, rtol: float) -> Tensor:
         if not 0 < keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {keep}")
         var = s[:r] ** 2
-        r = int(torch.searchsorted(torch.cumsum(var, 0) / var.sum(), torch.tensor(keep, dtype=var.dtype))) + 1
-        r = min(r, s.numel())
+        k = int(torch.searchsorted(torch.cumsum(var, 0) / var.sum(), torch.tensor(keep, dtype=var.dtype))) + 1
+        r = min(k, r)  # rounding can leave the cumulative share just below keep: never past the rank
     return U[:, :r]
 
 

@@ -126,6 +126,9 @@ def test_mgda_ub_uses_representation_gradients():
             p -= p.grad
     tr.step(x, yb)
     torch.testing.assert_close(_params(m), _params(ref), rtol=1e-4, atol=1e-6)
+    # loss-normalised MGDA gets its losses on this path too
+    for norm in ("loss", "loss+"):
+        _trainer(MGDA(normalize=norm), mgda_ub=True, diagnostics_every=1).step(x, yb)
 
 
 def test_task_sampling():
@@ -141,6 +144,15 @@ def test_task_sampling():
         moved = [u for u in TASKS if not torch.equal(before[u], _params(tr.model.heads[u]))]
         assert moved == [t]
     assert seen == set(TASKS)
+    # the logged means are over the steps each task took part in
+    tr = _trainer(PCGrad(), lr=0.0, tasks_per_step=1, diagnostics_every=0, log_every=30)
+    got = {t: [] for t in TASKS}
+    for _ in range(30):
+        for t, v in tr.step(X[:16], {t: y[:16] for t, y in ys.items()}).items():
+            got[t].append(v)
+    for t in TASKS:
+        want = sum(got[t]) / len(got[t]) if got[t] else float("nan")
+        assert tr.history[-1][t] == pytest.approx(want, rel=1e-6, nan_ok=True)
     with pytest.raises(ValueError, match="per-task state"):
         _trainer(GradNorm(3), tasks_per_step=2)
 

@@ -216,6 +216,8 @@ def test_nan_and_inf_are_errors(device):
         pcgrad([H.nan_to_num(posinf=0.0), G])
     # check=False: no error, and no silently finite answer either
     assert torch.isnan(pcgrad(G, check=False)).all()
+    upd, diag = pcgrad(G, check=False, return_diagnostics=True)
+    assert torch.isnan(diag.cosine).all() and int(diag.n_conflicts) == -1  # not left uninitialised
 
 
 def test_bad_arguments():

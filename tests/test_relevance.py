@@ -68,6 +68,13 @@ def test_cca_keep_truncates_directions():
     kept = canonical_correlations(X, Y, keep=0.5)
     assert kept.numel() < full.numel()
     assert 0 <= float(kept.min()) and float(kept.max()) <= 1
+    # keep=1 keeps the numerical rank, never a null-space direction that rounding lets in
+    g = _rng(3)
+    low = torch.randn(80, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 20, generator=g, dtype=torch.float64)
+    Z = torch.randn(80, 5, generator=g, dtype=torch.float64)
+    for seed in range(30):
+        Xs = low @ torch.linalg.qr(torch.randn(20, 20, generator=_rng(seed), dtype=torch.float64))[0]
+        assert torch.equal(canonical_correlations(Xs, Z, keep=1.0), canonical_correlations(Xs, Z))
 
 
 def test_linear_cka_properties():

@@ -543,7 +543,7 @@ class GradNorm(_LossWeighting):
         if not bool(self.started):
             self.initial_losses.copy_(L.clamp_min(1e-12))
             self.started.fill_(True)
-        norms = G.detach().to(torch.float64).norm(dim=1).cpu()
+        norms = torch.linalg.vector_norm(G.detach(), dim=1).to("cpu", torch.float64)  # no float64 copy of G
         wn = w * norms
         ratio = L / self.initial_losses
         r = ratio / ratio.mean().clamp_min(1e-12)

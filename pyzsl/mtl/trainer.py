@@ -140,7 +140,7 @@ class MultiTaskTrainer:
         self.probes: list[dict] = []  # one entry per diagnostic step
         self.step_times: list[float] = []
         self._loss_acc = torch.zeros(T, dtype=torch.float64)
-        self._loss_n = 0
+        self._loss_n = torch.zeros(T, dtype=torch.int64)  # steps each task took part in
 
     # ----------------------------------------------------------------------------------------
     def _check_partition(self) -> None:
@@ -220,7 +220,7 @@ class MultiTaskTrainer:
         self.step_count += 1
         idx = [self.tasks.index(t) for t in sel]
         self._loss_acc[idx] += losses.to("cpu", torch.float64)
-        self._loss_n += 1
+        self._loss_n[idx] += 1
         if self.step_count % self.log_every == 0:
             self._flush_log()
         self.step_times.append(time.perf_counter() - t0)
@@ -363,7 +363,8 @@ class MultiTaskTrainer:
             hs.append(flat[off: off + n])
             off += n
         losses = flat[off:].clone()
-        w = self.aggregator.weights(gram).to(zd.dtype)
+        w = (self.aggregator.weights(gram, losses) if self.aggregator.needs_losses
+             else self.aggregator.weights(gram)).to(zd.dtype)
         self._ub_gram, self._ub_weights = gram, w
         # One backward through the trunk with the combined representation gradient.
         sg = torch.autograd.grad(z, self.shared, grad_outputs=(w @ Gz).view_as(z), allow_unused=True)
@@ -400,11 +401,11 @@ class MultiTaskTrainer:
             ug = gram @ w
             un = (w @ ug).clamp_min(0).sqrt()
         else:
-            G64 = G.to(torch.float64)
             if update is None:  # single-backward aggregators: the update is the weighted sum
-                update = self.aggregator.loss_weights(len(sel)).to(G64) @ G64
-            ug = (G64 @ update.to(torch.float64)).cpu()
-            un = update.to(torch.float64).norm().cpu()
+                update = self.aggregator.loss_weights(len(sel)).to(G) @ G
+            # in G's dtype: a float64 copy of G would double its memory
+            ug = torch.mv(G, update.to(G.dtype)).to("cpu", torch.float64)
+            un = torch.linalg.vector_norm(update).to("cpu", torch.float64)
         ucos = torch.where((n > 0) & (un > 0), ug / (n * un).clamp_min(1e-300), torch.zeros_like(ug))
         self._update_probes[idx] += 1
         self._update_conflicts[idx] += (ug < 0).to(torch.int64)
@@ -444,14 +445,15 @@ class MultiTaskTrainer:
         return "\n".join(lines)
 
     def _flush_log(self) -> None:
-        if self._loss_n == 0:
+        if not self._loss_n.any():
             return
-        mean = (self._loss_acc / self._loss_n).tolist()
+        # a task sampled in no step of the window (tasks_per_step) has no mean: NaN
+        mean = torch.where(self._loss_n > 0, self._loss_acc / self._loss_n.clamp_min(1), float("nan")).tolist()
         entry = {"step": self.step_count, **{t: v for t, v in zip(self.tasks, mean)}}
         self.history.append(entry)
         log.info("step %d  %s", self.step_count, "  ".join(f"{t}={v:.4f}" for t, v in zip(self.tasks, mean)))
         self._loss_acc.zero_()
-        self._loss_n = 0
+        self._loss_n.zero_()
 
     # --- fit / checkpoint --------------------------------------------------------------------
     def fit(self, data, steps: int, batch_size: int = 256, *, checkpoint: str | os.PathLike | None = None,
@@ -564,7 +566,8 @@ class MultiTaskTrainer:
         self._update_probes = tr["update_probes"].clone()
         self._update_conflicts = tr["update_conflicts"].clone()
         self._loss_acc = tr["loss_acc"].clone()
-        self._loss_n = int(tr["loss_n"])
+        n = torch.as_tensor(tr["loss_n"], dtype=torch.int64)
+        self._loss_n = n.expand(len(self.tasks)).clone()  # checkpoints before per-task counts: one int
         self.history = list(tr["history"])
         self.probes = list(tr["probes"])
 

@@ -142,6 +142,11 @@ def _run(blocks: list[Tensor], order: Tensor | None, outs: list[Tensor], mean: b
     workspace = i64[:nws] if g0.is_cuda else None  # first: the allocation's alignment
     conflicts = i64[nws:] if diagnostics else None
     status = torch.empty(1, dtype=torch.int32, device=dev)  # zeroed by the kernel
+    if diagnostics and not check:
+        # the kernel skips the diagnostics of a non-finite Gram (or a bad CUDA order): what it
+        # leaves must read as "no value", not as uninitialised memory
+        cosine.fill_(float("nan"))
+        conflicts.fill_(-1)
     ext.pcgrad([view(g) for g in blocks], view(order), [view(o) for o in outs], view(gram),
                view(weights), view(cosine), view(conflicts), view(status), view(workspace), mean,
                stream(g0))
@@ -214,7 +219,7 @@ def pcgrad(
         out: optional preallocated (P,) buffer (a list for a list G), G's dtype and device.
         check: raise ValueError on NaN/inf in G or a bad CUDA ``order``. On CUDA this reads one
             status word (one host synchronisation, after all launches); with False the call
-            stays asynchronous and a NaN in G gives a NaN update.
+            stays asynchronous and a NaN in G gives a NaN update (NaN cosines, -1 conflicts).
 
     Returns:
         The (P,) update of G's type and device (a list of (P_l,) for a list G), and with
