@@ -236,14 +236,15 @@ def _from_saved(args, src: Path | None, tgt: Path | None, default: dict | None):
 
     if args.alignment is not None and args.mapping is not None:
         raise UsageError("--alignment and --mapping exclude each other")
-    if args.alignment is not None:
-        _check_input(args.alignment, "--alignment")
-        return Alignment.load(args.alignment, src, tgt, backend=args.backend, device=args.device)
-    if args.mapping is None:
+    flag, saved = ("--alignment", args.alignment) if args.alignment is not None else ("--mapping", args.mapping)
+    if saved is None:
         return None
-    _check_input(args.mapping, "--mapping")
-    if args.mapping.suffix.lower() == ".npz":
-        return Alignment.load(args.mapping, src, tgt, backend=args.backend, device=args.device)
+    _check_input(saved, flag)
+    if flag == "--alignment" or saved.suffix.lower() == ".npz":
+        if args.max_vocab is not None or args.lower:
+            raise UsageError(f"--max-vocab and --lower do not apply with {flag} {saved.name}: the "
+                             "embeddings are read as the alignment was fit (its stored settings)")
+        return Alignment.load(saved, src, tgt, backend=args.backend, device=args.device)
     if src is None:
         src, tgt = default["src"], default["tgt"]
     try:
@@ -314,7 +315,7 @@ def _aligned_target_path(path: Path) -> Path:
 def _evaluate_all(args, al, test: Path, retrievals: Sequence[str]) -> dict:
     from pyzsl.bli.dictionary import load_dictionary
 
-    d = load_dictionary(test)
+    d = load_dictionary(test, lower=args.lower or bool(al.info.get("lower", False)))  # as the embeddings
     out = {}
     for r in retrievals:
         _say(args, f"evaluating {r.upper()} on {test.name} …")
@@ -442,7 +443,7 @@ def cmd_translate(args) -> int:
     al = _from_saved(args, src, tgt, default)
     if al is None:
         al = _fit(args, src, tgt, default, required=True)
-    if args.lower:
+    if args.lower or al.info.get("lower"):
         words = [w.lower() for w in words]
     known = [w for w in words if w in al.src.index]
     unknown = [w for w in words if w not in al.src.index]

@@ -150,6 +150,9 @@ BAD = [
     ("3 2\na 1 2\nb inf 1\n", 3, "non-finite"),
     ("3 2\na 1 2\nb 1 -Infinity\n", 3, "non-finite"),
     ("3 2\na 1 2\nb 1 1e39\n", 3, "out of float32 range"),
+    ("3 2\na 1 2\nb 1 1e309\n", 3, "out of float32 range"),  # out of double range too
+    ("3 2\na 1 2\nb -1e123456 1\n", 3, "out of float32 range"),
+    ("3 2\na 1 2\nb 1 1" + "0" * 400 + "\n", 3, "out of float32 range"),
     ("3 2\na 1 2\n 1 2\n", 3, "empty word"),
     ("3 2\na 1 2\nb\n", 3, "no values after the word"),
     ("a 1 2\nb 3 4\nc 5 6\nd 1\n", 4, "expected 2 values"),
@@ -179,6 +182,24 @@ def test_invalid_utf8_word(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 malformed"):
         emb = load_embeddings(path, errors="skip")
     assert emb.words == ["ok"]
+
+
+def test_underflow_rounds_to_zero_even_below_double_range(tmp_path):
+    path = write(tmp_path / "u.vec", "1 4\na 1e-50 -1e-400 0.0000001e-320 0." + "0" * 400 + "1\n")
+    assert load_embeddings(path).vectors.tolist() == [[0, 0, 0, 0]]
+
+
+def test_messages_with_broken_or_non_utf8_text_stay_readable(tmp_path):
+    # a 24-byte excerpt would cut the Cyrillic word inside a character; a bad byte in a value
+    path = write(tmp_path / "c.vec", "2 2\naпримечательность\nb 1 2\nc 1 \udcff\n".encode("utf-8", "surrogateescape"),
+                 mode="wb")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: no values after the word 'aпримечательн...'")):
+        load_embeddings(path)
+    with pytest.warns(UserWarning, match="skipped 2 malformed"):
+        assert load_embeddings(path, errors="skip").words == ["b"]
+    path = write(tmp_path / "d.vec", b"1 2\nc 1 \xff\n", mode="wb")
+    with pytest.raises(ValueError, match=re.escape("not a number: '\\xff'")):
+        load_embeddings(path)
 
 
 def test_errors_skip_counts_and_warns(tmp_path):
@@ -268,9 +289,10 @@ def test_failed_save_leaves_nothing_and_keeps_old_file(tmp_path):
     good = random_emb(n=4, d=2)
     save_embeddings(tmp_path / "o.vec", good)
     before = (tmp_path / "o.vec").read_bytes()
-    bad = Embeddings(["a", "b c"], np.ones((2, 2), np.float32))
-    with pytest.raises(ValueError, match="'b c'.*whitespace"):
-        save_embeddings(tmp_path / "o.vec", bad)
+    for w in ("b c", "b\tc", "b\nc", ""):
+        bad = Embeddings(["a", w], np.ones((2, 2), np.float32))
+        with pytest.raises(ValueError, match=f"{re.escape(repr(w))} is empty or contains a space"):
+            save_embeddings(tmp_path / "o.vec", bad)
     nan = Embeddings(["a", "b"], np.array([[1, 2], [np.inf, 0]], np.float32))
     for name in ("o.vec", "o.npy", "n.vec.gz"):
         with pytest.raises(ValueError, match="'b' \\(row 1\\).*NaN/inf"):
@@ -279,6 +301,12 @@ def test_failed_save_leaves_nothing_and_keeps_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.vec"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         save_embeddings(tmp_path / "missing" / "x.vec", good)
+
+
+def test_unicode_spaces_inside_words_round_trip(tmp_path):
+    emb = Embeddings(["new\u00a0york", "a\u2009b"], np.ones((2, 2), np.float32))
+    save_embeddings(tmp_path / "w.vec", emb)  # the reader splits on space and tab only
+    assert load_embeddings(tmp_path / "w.vec").words == emb.words
 
 
 def test_embeddings_validation():

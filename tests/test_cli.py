@@ -102,8 +102,45 @@ def test_api_alignment_roundtrip(toy):
     assert emb.evaluate(toy / "test.txt")["p@1"] == 1.0
     with pytest.raises(KeyError, match="'zz'"):
         al.translate(["zz"])
+    with pytest.raises(ValueError, match="not a pyzsl alignment file.*single .npy array"):
+        np.save(toy / "W.npy", np.eye(12))
+        Alignment.load(toy / "W.npy")
+    (toy / "cut.npz").write_bytes((toy / "a.npz").read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a pyzsl alignment file"):
+        Alignment.load(toy / "cut.npz")
     with pytest.raises(ValueError, match="no supervision"):
         align(al.src, al.tgt)
+
+
+def test_saved_alignment_reads_the_same_words_again(toy, tmp_path, monkeypatch):
+    from pyzsl.bli import load_embeddings
+
+    small = load_embeddings(toy / "src.vec", max_vocab=40)  # loaded by the user, not by align
+    al = align(small, toy / "tgt.vec.gz", train_dict=toy / "train.txt")
+    monkeypatch.chdir(toy)
+    rel = align("src.vec", "tgt.vec.gz", train_dict="train.txt")  # relative paths
+    al.save(toy / "a.npz")
+    rel.save(toy / "r.npz")
+    monkeypatch.chdir(tmp_path.parent)  # elsewhere: the stored paths still resolve
+    back = Alignment.load(toy / "a.npz")
+    assert back.src.words == small.words and back.translate("s30", k=3) == al.translate("s30", k=3)
+    assert len(Alignment.load(toy / "r.npz").src) == 80
+    save_embeddings(toy / "src.vec", Embeddings(["x" + w for w in al.src.words], al.src.vectors))
+    with pytest.raises(ValueError, match="not the 40 words the alignment was fit on"):
+        Alignment.load(toy / "a.npz")
+
+
+def test_lower_applies_to_the_test_dictionary(toy, capsys):
+    p = toy
+    (p / "upper.txt").write_text((p / "test.txt").read_text().upper())
+    rc, out, err = run(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt",
+                        "--test-dict", p / "upper.txt", "--lower", "--save-alignment", p / "a.npz", "-q"], capsys)
+    assert rc == 0 and "30 of 31 source words covered" in out, out
+    assert Alignment.load(p / "a.npz").evaluate(p / "upper.txt")["n_queries"] == 30
+    bad(["bli", "translate", "s1", "--alignment", p / "a.npz", "--max-vocab", "3"], capsys,
+        "--max-vocab and --lower do not apply")
+    rc, out, err = run(["bli", "translate", "S61", "--alignment", p / "a.npz"], capsys)
+    assert rc == 0 and out.split()[:2] == ["s61", "t61"], out  # the query is lowercased as the words were
 
 
 def test_default_run(capsys, monkeypatch):
@@ -158,6 +195,7 @@ def test_bad_inputs(toy, capsys):
     bad(["bli", "eval", p / "src.vec", p / "tgt.vec.gz"], capsys, "--test-dict")
     bad(["bli", "eval", p / "src.vec", p / "tgt.vec.gz", "--test-dict", p / "test.txt", "--mapping",
          p / "train.txt"], capsys, "train.txt")
+    bad(["bli", "translate", "s1", "--alignment", p / "test.txt"], capsys, "not a pyzsl alignment file")
     bad(["bli"], capsys)
     assert not [f for f in p.iterdir() if f.suffix in (".json", ".npy", ".tmp")]
 

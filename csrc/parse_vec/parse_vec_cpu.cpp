@@ -1,6 +1,7 @@
 #include "parse_vec/parse_vec.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -13,11 +14,66 @@ namespace {
 
 inline bool is_sep(char c) { return c == ' ' || c == '\t'; }
 
-// At most 24 bytes of a token, for messages (the rest of a bad line can be huge).
+// Length of the valid UTF-8 sequence at [p, e), or 0 if the bytes there are not one.
+int utf8_len(const unsigned char* p, const unsigned char* e) {
+  const unsigned c = p[0];
+  const int n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (n == 0 || e - p < n) return 0;
+  for (int i = 1; i < n; ++i)
+    if ((p[i] & 0xC0) != 0x80) return 0;
+  return n;
+}
+
+// The first ~24 bytes of a token, for messages (the rest of a bad line can be huge), cut at
+// a character boundary, with bytes that are not UTF-8 written as \xNN: the message reaches
+// Python as str, and a half character would turn the error into a UnicodeDecodeError.
 std::string excerpt(const char* b, const char* e) {
-  std::string s(b, std::min<ptrdiff_t>(e - b, 24));
-  if (e - b > 24) s += "...";
+  const auto* p = reinterpret_cast<const unsigned char*>(b);
+  const auto* end = reinterpret_cast<const unsigned char*>(e);
+  std::string s;
+  while (p < end && p - reinterpret_cast<const unsigned char*>(b) < 24) {
+    if (const int n = utf8_len(p, end)) {
+      s.append(reinterpret_cast<const char*>(p), n);
+      p += n;
+    } else {
+      static const char hex[] = "0123456789abcdef";
+      s += "\\x";
+      s += hex[*p >> 4];
+      s += hex[*p & 15];
+      ++p;
+    }
+  }
+  if (p < end) s += "...";
   return s;
+}
+
+// Whether a decimal token whose double parse is out of range is too large (not too small):
+// its order of magnitude, exponent + position of the first non-zero digit, is >= 0.
+bool magnitude_at_least_one(const char* t, const char* e) {
+  if (t < e && (*t == '-' || *t == '+')) ++t;
+  int64_t order = 0;
+  bool seen_point = false, seen_digit = false;
+  for (; t < e && (std::isdigit(static_cast<unsigned char>(*t)) || *t == '.'); ++t) {
+    if (*t == '.') {
+      seen_point = true;
+    } else if (!seen_digit && *t == '0') {
+      if (seen_point) --order;  // 0.000ddd: each zero after the point lowers the order
+    } else if (!seen_digit) {
+      seen_digit = true;
+      if (seen_point) --order;
+    } else if (!seen_point) {
+      ++order;  // each further integer digit raises it
+    }
+  }
+  if (t < e && (*t == 'e' || *t == 'E')) {
+    ++t;
+    const bool neg = t < e && *t == '-';
+    if (t < e && (*t == '-' || *t == '+')) ++t;
+    int64_t x = 0;
+    for (; t < e && std::isdigit(static_cast<unsigned char>(*t)); ++t) x = std::min<int64_t>(x * 10 + (*t - '0'), 1 << 30);
+    order += neg ? -x : x;
+  }
+  return order >= 0;
 }
 
 int64_t count_tokens(const char* q, const char* e) {
@@ -97,10 +153,11 @@ inline const char* parse_value(const char* s, const char* e, float& v, std::stri
     return nullptr;
   }
   if (res.ec == std::errc::result_out_of_range) {
-    // Underflow (e.g. 1e-50) rounds as strtof does; overflow is an error.
+    // Underflow (e.g. 1e-50) rounds as strtof does; overflow is an error. Out of double
+    // range too (1e-400 or 1e400), from_chars leaves d as it was: the token says which.
     double d = 0;
-    std::from_chars(t, e, d);
-    if (std::isfinite(d) && std::fabs(d) < 1.0) {
+    const bool in_double = std::from_chars(t, e, d).ec == std::errc{};
+    if (in_double ? std::fabs(d) < 1.0 : !magnitude_at_least_one(t, e)) {
       v = static_cast<float>(d);
     } else {
       why = "value out of float32 range: '" + excerpt(s, p) + "'";

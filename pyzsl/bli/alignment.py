@@ -12,10 +12,12 @@ copies, and the retrieval's bounded buffers (:mod:`pyzsl.bli.retrieval`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzsl.bli.dictionary import as_dictionary, build_seed
+from pyzsl.bli.dictionary import as_dictionary, build_seed, load_dictionary
 from pyzsl.bli.evaluate import evaluate as _evaluate
 from pyzsl.bli.io import Embeddings, _atomic_target, load_embeddings
 from pyzsl.bli.normalize import normalize as _normalize
@@ -139,7 +141,10 @@ class Alignment:
                  oov: str = "ignore") -> dict:
         """P@k on a test dictionary (path, Dictionary or pairs), MUSE protocol: a dict with
         ``"p@1"``, ``"p@5"``, ``"p@10"`` (fractions), ``"coverage"`` and counts.
-        ``oov="wrong"`` counts out-of-vocabulary source words as misses (fastText)."""
+        ``oov="wrong"`` counts out-of-vocabulary source words as misses (fastText). A path is
+        read lowercased when the embeddings were (``lower=True``), as the train dictionary was."""
+        if isinstance(dictionary, (str, os.PathLike)):
+            dictionary = load_dictionary(dictionary, lower=bool(self.info.get("lower", False)))
         return _evaluate(self.src, self.tgt, dictionary, retrieval=retrieval, ks=ks, oov=oov,
                          retriever=self.retriever)
 
@@ -149,7 +154,9 @@ class Alignment:
         are referenced by path unless ``include_embeddings`` (then stored in the file)."""
         path = Path(path)
         meta = dict(format=_FORMAT, normalize=self.normalize, knn=self.knn, beta=self.beta,
-                    src_path=self.src.source, tgt_path=self.tgt.source,
+                    src_path=_abspath(self.src.source), tgt_path=_abspath(self.tgt.source),
+                    src_words=[len(self.src), _digest(self.src.words)],
+                    tgt_words=[len(self.tgt), _digest(self.tgt.words)],
                     info=_jsonable(self.info), include_embeddings=include_embeddings)
         arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
                   "map_src": self.mapping.src.detach().cpu().numpy()}
@@ -171,15 +178,19 @@ class Alignment:
     def load(cls, path: str | os.PathLike, src=None, tgt=None, *, backend: str = "auto",
              device: str | torch.device = "cpu") -> "Alignment":
         """Read an :meth:`save` file; ``src``/``tgt`` (paths or Embeddings) override the
-        stored embedding paths."""
+        stored embedding paths. Embeddings read again from the stored paths must be the words
+        the alignment was fit on (same count and order), else a ValueError says so."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"alignment file not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as f:  # ours to close, whatever np.load makes of the bytes
+                z = np.load(f, allow_pickle=False)
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("a single .npy array; a bare map W is read with --mapping / LinearMap")
                 meta = json.loads(bytes(z["meta"]).decode())
                 arrays = {k: z[k] for k in z.files if k != "meta"}
-        except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+        except (ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: not a pyzsl alignment file ({e})") from e
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{path}: not a pyzsl alignment file (format {meta.get('format')!r})")
@@ -195,7 +206,13 @@ class Alignment:
             p = meta.get(f"{key}_path")
             if not p:
                 raise ValueError(f"{path}: stores no {key} embeddings path; pass {key}=...")
-            return _as_embeddings(p, key, max_vocab, lower)
+            n, digest = meta.get(f"{key}_words", (max_vocab, None))
+            e = _as_embeddings(p, key, n, lower)
+            if digest is not None and (len(e) != n or _digest(e.words) != digest):
+                raise ValueError(f"{path}: the {key} embeddings read again from {p} are not the "
+                                 f"{n} words the alignment was fit on (the file changed, or they "
+                                 f"were loaded with other options); pass {key}=... explicitly")
+            return e
 
         s, t = side(src, "src"), side(tgt, "tgt")
         mapping = LinearMap(torch.from_numpy(arrays["map_src"]),
@@ -209,6 +226,14 @@ class Alignment:
     def __repr__(self) -> str:
         return (f"Alignment({len(self.src)} × {len(self.tgt)} words, method="
                 f"{self.info.get('method', '?')}, normalize={self.normalize!r})")
+
+
+def _abspath(source: str | None) -> str | None:
+    return str(Path(source).resolve()) if source and Path(source).exists() else source
+
+
+def _digest(words: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(words).encode()).hexdigest()
 
 
 def _jsonable(x):

@@ -451,9 +451,11 @@ def save_embeddings(path: str | os.PathLike, emb: Embeddings, precision: int | N
         _save_npy(path, emb, X)
         return
     for w in emb.words:
-        if not w or any(c.isspace() for c in w):
-            raise ValueError(f"save_embeddings: word {w!r} is empty or contains whitespace: "
-                             "it cannot be written to a text file (use .npy)")
+        # the characters the reader splits on; other Unicode spaces (e.g. U+00A0 in "new york"
+        # from fastText's Wikipedia vectors) are part of a word, as they are when read
+        if not w or any(c in " \t\n\r" for c in w):
+            raise ValueError(f"save_embeddings: word {w!r} is empty or contains a space, tab or "
+                             "line break: it cannot be written to a text file (use .npy)")
     C = _ext()
     gz = path.name.lower().endswith(".gz")
     fd, tmp = _atomic_target(path)
