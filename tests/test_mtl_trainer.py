@@ -129,6 +129,10 @@ def test_mgda_ub_uses_representation_gradients():
     # loss-normalised MGDA gets its losses on this path too
     for norm in ("loss", "loss+"):
         _trainer(MGDA(normalize=norm), mgda_ub=True, diagnostics_every=1).step(x, yb)
+    frozen = _model()
+    frozen.trunk.requires_grad_(False)
+    with pytest.raises(ValueError, match="needs shared parameters"):
+        _trainer(MGDA(), frozen, mgda_ub=True)
 
 
 def test_task_sampling():

@@ -118,6 +118,9 @@ class MultiTaskTrainer:
         self.shared = [p for p in model.shared_parameters() if p.requires_grad]
         self.task_params = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in self.tasks}
         self._check_partition()
+        if mgda_ub and not self.shared:
+            raise ValueError("mgda_ub=True needs shared parameters that require grad (the trunk "
+                             "behind representation(x)); this model has none")
         self._sizes = [p.numel() for p in self.shared]
         self.P = sum(self._sizes)
 
