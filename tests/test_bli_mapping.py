@@ -1,6 +1,7 @@
 """pyzsl.bli mapping methods: normalize, procrustes (+ VecMap steps), rcsls, self_learning."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,6 +135,9 @@ def test_procrustes_bad_inputs():
         procrustes(X, Z, torch.zeros(0, 2, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         procrustes(X, Z, torch.tensor([[0.0, 1.0]]))
+    for pairs in ([[0.7, 1.9]], [["1", "2"]], np.array([[0.0, 1.0]])):  # never truncated or parsed
+        with pytest.raises(TypeError, match="integer row indices"):
+            procrustes(X, Z, pairs)
     with pytest.raises(ValueError, match="same rows"):
         procrustes(X, Z)
     with pytest.raises(ValueError, match="needs whiten=True"):
@@ -274,6 +278,34 @@ def test_self_learning_bad_inputs():
         self_learning(X, Z, torch.tensor([[0, 0]]), keep_prob=0.0)
     with pytest.raises(ValueError, match="direction"):
         self_learning(X, Z, torch.tensor([[0, 0]]), direction="both")
+    with pytest.raises(ValueError, match="max_iter must be >= 1"):
+        self_learning(X, Z, torch.tensor([[0, 0]]), max_iter=0)
+    with pytest.raises(ValueError, match="X is torch.float32, Z is torch.float64"):
+        self_learning(X, Z.double(), torch.tensor([[0, 0]]))
+    with pytest.raises(ValueError, match="direction must be one of"):
+        unsupervised_seed(X, Z, direction="bogus")
+
+
+def test_unsupervised_seed_directions():
+    X, Z, _, truth = _isometric_pair(120, 8, 0.3, seed=4)
+    fwd, bwd = (unsupervised_seed(X, Z, vocab=120, csls_knn=5, direction=d) for d in ("forward", "backward"))
+    mutual = unsupervised_seed(X, Z, vocab=120, csls_knn=5, direction="intersection")
+    both = {tuple(p) for p in fwd.tolist()} & {tuple(p) for p in bwd.tolist()}
+    assert {tuple(p) for p in mutual.tolist()} == both and 0 < len(mutual) < len(fwd)
+    assert len(unsupervised_seed(X, Z, vocab=120, csls_knn=5)) == 2 * len(fwd)  # union
+
+
+def test_self_learning_selects_in_the_full_target_cutoff_too():
+    """Fewer source words than stochastic_cutoff: only the target cutoff grows, and the map is
+    still selected among the iterations at the full cutoff."""
+    g = torch.Generator().manual_seed(5)
+    X = normalize(torch.randn(60, 8, generator=g, dtype=torch.float64))
+    Z = normalize(torch.cat([X @ _rotation(8, g), torch.randn(240, 8, generator=g, dtype=torch.float64)]))
+    res = self_learning(X, Z, "unsupervised", csls_knn=5, progress=False, backend="torch",
+                        unsupervised_vocab=60, stochastic_cutoff=100, vocab_cutoff=300,
+                        stochastic_interval=2, max_iter=40)
+    final = [h["objective"] for h in res.history if h["keep_prob"] == 1.0]
+    assert final and res.objective == max(final)
 
 
 # ---------------------------------------------------------------------------- RCSLS

@@ -183,6 +183,14 @@ def test_argument_errors():
         R.topk(Q, T, 1, torch.zeros(5, dtype=torch.float64))
     assert R.topk(Q, T, 99)[1].shape == (3, 5)  # k clipped to the number of targets
     assert R.knn_mean(Q, T, knn=50).shape == (3,)
+    for backend in ("pyzsl", "torch"):  # the argument at fault is named, on every backend
+        with pytest.raises(ValueError, match="knn: expected a positive int, got 0"):
+            R.csls(Q, T, 1, knn=0, backend=backend)
+        with pytest.raises(ValueError, match="T: no targets"):
+            R.csls(Q, T[:0], 1, backend=backend)
+    if HAVE_FAISS:  # faiss would compute float64 data in float32 and relabel it
+        with pytest.raises(ValueError, match="faiss.*float32 only, got torch.float64"):
+            R.topk(Q.double(), T.double(), 1, backend="faiss")
 
 
 def test_faiss_missing_message(monkeypatch):

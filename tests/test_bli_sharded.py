@@ -47,6 +47,8 @@ def _worker(rank, world, out):
             res[name, be, "csls"] = sharded_csls(Q, T[r], 3, knn=4, src=S, backend=be)
             res[name, be, "tie"] = sharded_topk(_ties()[3:4], _ties()[r], 2, backend=be)
             res[name, be, "k>C"] = sharded_topk(Q, T[r][:2], 9, backend=be)  # 2 + 2 (or 0) targets
+            # fewer targets than knn: r_T still takes knn of the 11 source words
+            res[name, be, "csls knn>C"] = sharded_csls(Q, T[r][:2], 2, knn=8, src=S, backend=be)
     try:  # ranks disagree on the queries: every rank must raise, none may hang
         sharded_topk(Q[: 3 + rank], T[:5], 2)
     except ValueError as e:
@@ -75,6 +77,7 @@ def test_sharded_equals_single_process(ranks, split, backend):
     rows = dict((s[0], s[1:]) for s in SPLITS)[split]
     first = torch.cat([T[r][:2] for r in rows])
     want["k>C"] = _reference.bilinear_topk(Q, None, first, first.shape[0])
+    want["csls knn>C"] = retrieval.csls(Q, first, 2, knn=8, src=S, backend="torch")
     for what, (wv, wj) in want.items():
         for rank in range(2):
             v, j = ranks[rank][split, backend, what]  # for "k>C": indices into `first`

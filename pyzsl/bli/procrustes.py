@@ -122,8 +122,10 @@ def _check_cols(X, d: int, name: str) -> None:
 def as_pairs(pairs, n_src: int, n_tgt: int, name: str = "pairs") -> Tensor:
     """Validate a dictionary as an int64 tensor (n, 2) of (source row, target row)."""
     if isinstance(pairs, np.ndarray) or isinstance(pairs, (list, tuple)):
-        pairs = torch.as_tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2) if len(pairs) else
-                                np.zeros((0, 2), np.int64))
+        a = np.asarray(pairs) if len(pairs) else np.zeros((0, 2), np.int64)
+        if a.dtype.kind not in "iu":  # never truncate 0.7 to 0 or parse "1"
+            raise TypeError(f"{name} must hold integer row indices, got {a.dtype}")
+        pairs = torch.as_tensor(a.astype(np.int64).reshape(-1, 2))
     if not isinstance(pairs, Tensor):
         raise TypeError(f"{name} must be an int tensor (n, 2), got {type(pairs).__name__}")
     if pairs.dtype.is_floating_point or pairs.dtype == torch.bool:

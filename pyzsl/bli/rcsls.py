@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pyzsl.bli.procrustes import LinearMap, _check_matrix, as_pairs, procrustes
@@ -57,7 +58,7 @@ def _neighbour_sum(Q: Tensor, T: Tensor, k: int, backend: str, chunk: int = 4096
     for i in range(0, Q.shape[0], chunk):
         v, j = topk(Q[i:i + chunk], T, k, backend=backend)
         vals.append(v.mean(1))
-        sums.append(T[j.reshape(-1)].reshape(j.shape[0], j.shape[1], -1).mean(1))
+        sums.append(F.embedding_bag(j, T, mode="mean"))  # the k rows averaged without a B×k×d gather
     return torch.cat(vals)[inv], torch.cat(sums)[inv]
 
 

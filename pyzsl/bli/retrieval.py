@@ -105,6 +105,9 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     """The backend that :func:`topk` will use for data like ``x``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "faiss" and x.dtype != torch.float32:
+        raise ValueError(f"backend='faiss' computes in float32 only, got {x.dtype}: pass float32 "
+                         "vectors, or use backend 'pyzsl' or 'torch'")
     if backend != "auto":
         return backend
     try:
@@ -205,6 +208,7 @@ def _faiss_topk(Q: Tensor, T: Tensor, k: int, bias: Tensor | None):
 def knn_mean(A, B, knn: int = 10, *, backend: str = "auto", chunk_bytes: int = _CHUNK_BYTES) -> Tensor:
     """For each row of A: the mean of its ``knn`` largest inner products with the rows of B
     (CSLS's r-term; rows should be unit length). ``knn`` is clipped to len(B)."""
+    _check_knn(knn)
     A = _as_matrix(A, "A")
     B = _as_matrix(B, "B", like=A)
     v, _ = topk(A, B, min(knn, B.shape[0]), backend=backend, chunk_bytes=chunk_bytes)
@@ -233,6 +237,11 @@ def nn(Q, T, k: int = 1, *, normalize: bool = True, backend: str = "auto",
     return topk(Q, T, k, backend=backend, chunk_bytes=chunk_bytes)
 
 
+def _check_knn(knn) -> None:
+    if not isinstance(knn, int) or knn < 1:
+        raise ValueError(f"knn: expected a positive int, got {knn!r}")
+
+
 def _spaces(Q, T, src, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Queries, targets and the source space whose neighbourhoods score the targets
     (default: the queries), validated and, with ``normalize``, unit length."""
@@ -259,7 +268,10 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
     and the retrieval, each score tile feeding two top-k's); otherwise three. Memory as
     :func:`topk`, never B × C.
     """
+    _check_knn(knn)
     Q, T, S = _spaces(Q, T, src if r_T is None else None, normalize)  # given r_T: src unused
+    if T.shape[0] == 0:
+        raise ValueError("T: no targets to retrieve from")
     if r_T is None:
         r_T = knn_mean(T, S, knn, backend=backend, chunk_bytes=chunk_bytes)
     else:

@@ -78,10 +78,12 @@ def unsupervised_seed(
 
     For the ``vocab`` most frequent words of each side: ``sqrt(X X^T)`` (via the SVD of X),
     each row sorted, normalised; words whose sorted-similarity profiles match under CSLS are
-    paired (forward, backward or both). Memory O(vocab²).
+    paired (forward, backward, both or mutual nearest neighbours). Memory O(vocab²).
     """
     X = _check_matrix(X, "X")
     Z = _check_matrix(Z, "Z")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unsupervised_seed: direction must be one of {DIRECTIONS}, got {direction!r}")
     n = min(vocab, X.shape[0], Z.shape[0])
     if n < 2:
         raise ValueError(f"unsupervised_seed: need at least 2 words on each side, got vocab={n}")
@@ -106,6 +108,8 @@ def unsupervised_seed(
         return fwd.cpu()
     if direction == "backward":
         return bwd.cpu()
+    if direction == "intersection":  # mutual nearest neighbours
+        return fwd[bwd[fwd[:, 1], 0] == ar].cpu()
     return torch.cat([fwd, bwd]).cpu()
 
 
@@ -319,6 +323,8 @@ def self_learning(
         raise ValueError(f"self_learning: vocab_cutoff must be >= 1, got {vocab_cutoff}")
     if keep_prob is not None and not 0 < keep_prob <= 1:
         raise ValueError(f"self_learning: keep_prob must be in (0, 1], got {keep_prob}")
+    if max_iter < 1:
+        raise ValueError(f"self_learning: max_iter must be >= 1, got {max_iter}")
     if stochastic_interval < 1 or patience < 1:
         raise ValueError(f"self_learning: stochastic_interval and patience must be >= 1, got "
                          f"{stochastic_interval} and {patience}")
@@ -327,7 +333,10 @@ def self_learning(
     if stochastic_multiplier <= 1:
         raise ValueError(f"self_learning: stochastic_multiplier must be > 1, got {stochastic_multiplier}")
     device = torch.device(device) if device is not None else X.device
-    X, Z = X.to(device, torch.float32), Z.to(device, torch.float32)
+    if X.dtype != Z.dtype or X.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"self_learning: X is {X.dtype}, Z is {Z.dtype}: give both as float32 or "
+                         "both as float64")
+    X, Z = X.to(device), Z.to(device)  # the map comes back in the input's dtype
     seed_pairs = _resolve_seed(seed, X, Z, src_words, tgt_words, unsupervised_vocab, csls_knn)
     if keep_prob is None:
         keep_prob = 0.1 if isinstance(seed, str) and seed == "unsupervised" else 1.0
@@ -346,7 +355,7 @@ def self_learning(
 
     pairs = seed_pairs
     history: list[dict[str, Any]] = []
-    best, best_cut = (-math.inf, None, None), -1  # objective, mapping, dictionary; its cutoff
+    best, best_cut = (-math.inf, None, None), None  # objective, mapping, dictionary; its cutoffs
     best_obj, last_improvement, converged = -math.inf, 0, False
     bar = tqdm(total=max_iter, desc="self-learning", unit="it", disable=not progress, leave=False)
     try:
@@ -358,8 +367,8 @@ def self_learning(
                                     direction=direction, keep_prob=keep_prob,
                                     n_candidates=n_candidates, generator=gen, backend=backend)
             # the objective scores W (the pairs it induces deterministically)
-            if ind.objective > best[0] or best_cut != n_cut:
-                best, best_cut = (ind.objective, W, ind.best_pairs), n_cut
+            if ind.objective > best[0] or best_cut != (n_cut, m_cut):
+                best, best_cut = (ind.objective, W, ind.best_pairs), (n_cut, m_cut)
             pairs = torch.cat([ind.pairs, seed_pairs]) if keep_seed else ind.pairs
             history.append(dict(iter=it, objective=ind.objective, keep_prob=keep_prob, cutoff=n_cut,
                                 pairs=int(ind.pairs.shape[0]), exact_fallback=ind.exact_fallback,

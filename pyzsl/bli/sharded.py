@@ -115,16 +115,17 @@ def sharded_csls(Q, T_shard, k: int = 1, *, knn: int = 10, src=None, normalize: 
     Q = _as_matrix(Q, "Q")
     Q, T, S = _spaces(Q, _as_matrix(T_shard, "T_shard", like=Q), src, normalize)  # errors name T_shard
     offset, total = _layout(Q, T.shape[0], group)
-    k, knn = min(k, total), min(knn, total)
+    # r_Q's neighbours are targets (at most ``total``); r_T's are source words, clipped by knn_mean
+    k, knn_q = min(k, total), min(knn, total)
     if T.shape[0]:
         c = T.shape[0]
         bias = -0.5 * knn_mean(T, S, knn, backend=backend)
-        (nv, nj), (v, j) = _near_and_biased(Q, T, min(knn, c), min(k, c), bias, backend)
-        near, _ = _pad(nv, nj + offset, knn)
+        (nv, nj), (v, j) = _near_and_biased(Q, T, min(knn_q, c), min(k, c), bias, backend)
+        near, _ = _pad(nv, nj + offset, knn_q)
         v, j = _pad(v, j + offset, k)
     else:  # an empty shard offers only padding
-        near, _ = _local_topk(Q, T, knn, None, offset, backend)
+        near, _ = _local_topk(Q, T, knn_q, None, offset, backend)
         v, j = _local_topk(Q, T, k, None, offset, backend)
-    near, _ = _gather_merge(near, torch.zeros_like(near, dtype=torch.int64), knn, group)
+    near, _ = _gather_merge(near, torch.zeros_like(near, dtype=torch.int64), knn_q, group)
     v, j = _gather_merge(v, j, k, group)
     return 2 * v - near.mean(dim=1, keepdim=True), j
