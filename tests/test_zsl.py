@@ -287,6 +287,10 @@ def test_calibration_with_candidates_without_unseen_classes(gzsl_setup):
     m, X, y, T, held, te_u = gzsl_setup
     c = calibration_curve(m, T, X[held], y[held], X[held], y[held], candidates=m.classes_)
     assert np.all(c.seen == c.seen[0]) and np.all(c.unseen == c.seen[0])  # nothing to trade off
+    # no seen candidate: the rows of X are still checked against the labels, on both sides
+    unseen = np.arange(20, 30)
+    with pytest.raises(ValueError, match=r"y_unseen: \d+ labels but X has 1 rows"):
+        calibration_curve(m, T, X[held], y[held], X[te_u][:1], y[te_u], candidates=unseen)
 
 
 # --------------------------------------------------------------------------- CSLS hubness correction
@@ -343,6 +347,15 @@ def test_bad_inputs_raise_clear_errors():
         m.fit(X, np.where(y == 0, -1, y), T)
     with pytest.raises(TypeError, match="integer class indices"):
         m.fit(X, y + 0.5, T)
+    for v, msg in ((1e30, r"label 1e\+30 is out of range"), (np.inf, "y: contains NaN or inf")):
+        with pytest.raises(ValueError, match=msg):  # not cast to int64 first (1e30 wrapped)
+            m.fit(X, np.where(y == 0, v, y.astype(float)), T)
+    Xz = X.copy()
+    Xz[4] = 0
+    with pytest.raises(ValueError, match=r"X: cannot L2-normalise a zero vector \(row 4\)"):
+        m.fit(Xz, y, T)
+    with pytest.raises(ValueError, match=r"class_embeddings: cannot L2-normalise a zero vector \(row 2\)"):
+        m.fit(X, y, np.where(np.arange(len(T))[:, None] == 2, 0, T))
     Xn = X.copy()
     Xn[5, 2] = np.nan
     with pytest.raises(ValueError, match=r"X: contains NaN.*row 5, column 2"):
@@ -386,6 +399,22 @@ def test_bad_inputs_raise_clear_errors():
 def test_bad_hyperparameters(kw, msg):
     with pytest.raises((ValueError, TypeError), match=msg):
         ZeroShotClassifier(**kw)
+
+
+def test_csls_k_changed_after_fit_is_used():
+    X, y, T = toy()
+    m = CosineZSL(csls_k=3).fit(X[y < 9], y[y < 9], T)
+    before = m.decision_function(X, T)
+    m.csls_k = 1  # tuning the correction at prediction time: the cached hub terms must follow
+    np.testing.assert_array_equal(m.decision_function(X, T),
+                                  CosineZSL(csls_k=1).fit(X[y < 9], y[y < 9], T).decision_function(X, T))
+    assert not np.array_equal(before, m.decision_function(X, T))
+
+
+def test_eszsl_needs_positive_regularisation():
+    for kw in (dict(gamma=0), dict(lam=0.0), dict(lam=-1)):
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            ESZSL(**kw)
 
 
 @pytest.mark.parametrize("model", [CosineZSL, ESZSL])

@@ -58,10 +58,14 @@ def as_labels(y: ArrayLike, name: str, n_rows: int, n_classes: int) -> np.ndarra
         raise ValueError(f"{name}: expected a 1-D array of class indices, got shape {arr.shape}")
     if arr.shape[0] != n_rows:
         raise ValueError(f"{name}: has {arr.shape[0]} labels but X has {n_rows} rows")
-    if arr.size and np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
-        raise ValueError(f"{name}: contains NaN")
+    if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or inf")
     if not np.issubdtype(arr.dtype, np.integer):
         if arr.size and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            if np.abs(arr).max() >= n_classes:  # before the cast: 1e30 would wrap to INT64_MIN
+                bad = float(arr[np.abs(arr) >= n_classes][0])
+                raise ValueError(f"{name}: label {bad:g} is out of range: class_embeddings has "
+                                 f"{n_classes} rows")
             arr = arr.astype(np.int64)
         else:
             raise TypeError(f"{name}: expected integer class indices, got dtype {arr.dtype}")
@@ -93,10 +97,10 @@ def as_class_set(c: ArrayLike, name: str, n_classes: int) -> np.ndarray:
     return arr
 
 
-def l2_normalize(A: Tensor) -> Tensor:
+def l2_normalize(A: Tensor, name: str = "A") -> Tensor:
     n = A.norm(dim=1, keepdim=True)
     if bool((n == 0).any()):
-        raise ValueError("cannot L2-normalise a zero vector (row %d)" % int((n[:, 0] == 0).nonzero()[0]))
+        raise ValueError(f"{name}: cannot L2-normalise a zero vector (row {int((n[:, 0] == 0).nonzero()[0])})")
     return A / n
 
 
@@ -159,7 +163,7 @@ class BilinearZSL:
             raise ValueError(f"{name}: has {A.shape[1]} features, the model was fitted with {width}")
         if mean is not None:
             A = A - mean
-        return l2_normalize(A) if unit else A
+        return l2_normalize(A, name) if unit else A
 
     def _prep_inputs(self, X: ArrayLike, name: str = "X") -> Tensor:
         return self._prep(X, name, self.n_features_in_, self.input_mean_, self.normalize_inputs)
@@ -203,7 +207,7 @@ class BilinearZSL:
         buffer), each class computed once per ``T``.
         """
         # Cache per T: r for the rows computed so far (predict calls alternate candidate sets).
-        key = hashlib.blake2b(T.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        key = (self.csls_k, hashlib.blake2b(T.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest())
         cache = getattr(self, "_hub_cache", None)
         if cache is None or cache[0] != key:
             cache = (key, torch.zeros(T.shape[0], dtype=self.dtype, device=self.device),

@@ -80,9 +80,9 @@ class _Prep(BilinearZSL):
         else:
             self.input_mean_ = self.class_mean_ = None
         if self.normalize_inputs:
-            V = l2_normalize(V)
+            V = l2_normalize(V, "X")
         if self.normalize_classes:
-            T = l2_normalize(T)
+            T = l2_normalize(T, "class_embeddings")
         # CSLS reference set: the (prepared) training inputs; the cache belongs to the old fit.
         self.reference_ = V.clone() if self.csls_k else None
         self._hub_cache = None

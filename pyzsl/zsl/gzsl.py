@@ -9,11 +9,14 @@
   zero-shot learning"): subtract a penalty γ from every seen class's score. γ is chosen
   on validation data (never test) to maximise H.
 
-The whole S(γ)/U(γ) curve is exact and cheap: with each sample's best seen class
-(score s₁, index j₁) and best unseen class (s₂, j₂), the prediction at γ is j₁ when
-``s₁ − γ > s₂`` and j₂ otherwise (equality: the smaller index, as the kernel breaks
-ties), so two top-1 passes of :func:`pyzsl.ops.bilinear_topk` give every γ at once.
-Memory O(N) beyond those passes.
+The whole S(γ)/U(γ) curve is cheap: with each sample's best seen class (score s₁, index
+j₁) and best unseen class (s₂, j₂), the prediction at γ is j₁ when ``s₁ − γ > s₂`` and j₂
+otherwise (equality: the smaller index, as the kernel breaks ties), so two top-1 passes of
+:func:`pyzsl.ops.bilinear_topk` give every γ at once. Memory O(N) beyond those passes.
+The curve decides ``s₁ − s₂ > γ`` in float64, ``predict`` adds −γ to float32 scores: the
+two can differ for a sample whose breakpoint s₁ − s₂ lies within a float32 rounding step
+(~1e-7 relative) of γ. The γ the curve picks lies midway between breakpoints, as far from
+them as the data allow.
 """
 from __future__ import annotations
 
@@ -136,8 +139,9 @@ class _Split:
         if unseen_c.size:
             i, v = model.predict_topk(X, T, 1, candidates=unseen_c)
             j2, s2 = i[:, 0], v[:, 0].astype(np.float64)
-        if j1.shape[0] != n:
-            raise ValueError(f"{name}: {n} labels but X has {j1.shape[0]} rows")
+        for j in (j1, j2):  # both sides: with no seen candidate j1 is only a placeholder
+            if j.shape[0] != n:
+                raise ValueError(f"{name}: {n} labels but X has {j.shape[0]} rows")
         w = _class_weights(y)
         with np.errstate(invalid="ignore"):
             d = s1 - s2                               # seen wins while γ < d
