@@ -161,6 +161,8 @@ def test_double_backward_is_refused(device):
         (lambda V, M, T, y: (V.detach().index_put((torch.tensor([1]), torch.tensor([2])), torch.tensor(float("nan"), dtype=V.dtype)), M, T, y), ValueError, "NaN"),
         (lambda V, M, T, y: (V, M, T.detach().index_put((torch.tensor([7]), torch.tensor([0])), torch.tensor(float("inf"), dtype=T.dtype)), y), ValueError, "NaN/inf"),
         (lambda V, M, T, y: ([[1.0]], M, T, y), TypeError, "V: expected a torch.Tensor"),
+        (lambda V, M, T, y: (V, M, T.long(), y), TypeError, "T: expected dtype float32 or float64, got int64"),
+        (lambda V, M, T, y: (V, M.long(), T, y), TypeError, "M: expected dtype float32 or float64, got int64"),
     ],
 )
 def test_bad_inputs(mutate, error, match):
@@ -175,6 +177,12 @@ def test_bad_options():
         bilinear_hinge_loss(V, M, T, y, reduction="avg")
     with pytest.raises(ValueError, match="negatives"):
         bilinear_hinge_loss(V, M, T, y, negatives="min")
+    for margin in (float("nan"), float("inf"), 1e309):  # named, not blamed on V, M or T
+        for backend in ("pyzsl", "torch"):
+            with pytest.raises(ValueError, match="margin: expected a finite number"):
+                bilinear_hinge_loss(V, M, T, y, margin, backend=backend)
+    with pytest.raises(ValueError, match="margin"):
+        bilinear_hinge_loss(V.float(), M.float(), T.float(), y, 1e39)  # beyond float32
     with pytest.raises(ValueError, match="backend"):
         bilinear_hinge_loss(V, M, T, y, backend="cuda")
     with pytest.raises(TypeError, match="class_mask: expected dtype bool"):

@@ -130,6 +130,16 @@ def test_bad_inputs():
         bilinear_topk(V.long(), M, T, 1)
     with pytest.raises(TypeError, match="T: dtype"):
         bilinear_topk(V, M, T.float(), 1)
+    # integer T or M: refused by name, never converted by the GEMM behind the caller's back
+    with pytest.raises(TypeError, match="T: expected dtype float32 or float64, got int64"):
+        bilinear_topk(V, M, T.long(), 1)
+    with pytest.raises(TypeError, match="M: expected dtype float32 or float64, got int64"):
+        bilinear_topk(V, M.long(), T, 1)
+    with pytest.raises(TypeError, match="class_bias: expected dtype"):
+        bilinear_topk(V, M, T, 1, class_bias=torch.zeros(11, dtype=torch.int64))
+    # a finite score plus a finite bias that overflows is an error (as on CUDA), not a dropped class
+    with pytest.raises(ValueError, match="non-finite"):
+        bilinear_topk(torch.tensor([[1.0]]), None, torch.tensor([[3e38]]), 1, class_bias=torch.tensor([3e38]))
     bad = T.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
@@ -227,7 +237,11 @@ def test_both_ways_bad_arguments():
     V, T = torch.randn(4, 3), torch.randn(6, 3)
     with pytest.raises(ValueError, match=r"k: expected an int in \[1, 6\]"):
         topk_both_ways(V, T, 7)
-    with pytest.raises(ValueError, match=r"k: expected an int in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"k_cols: expected an int in \[1, 4\]"):
         topk_both_ways(V, T, 2, 5)  # k_cols counts the rows of V
+    with pytest.raises(ValueError, match=r"k_cols: expected an int in \[1, 4\]"):
+        topk_both_ways(V, T, 2, 0)
+    (rv, rj), (cv, cj) = topk_both_ways(V, T, 6)  # a k valid for the rows: the columns take min(k, 4)
+    assert rj.shape == (4, 6) and cj.shape == (6, 4)
     with pytest.raises(ValueError, match="columns"):
         topk_both_ways(V, torch.randn(6, 2), 2)

@@ -94,7 +94,11 @@ void run(const TopkTileArgs& a) {
       if (!(mx > thr)) continue;
       for (int64_t j = j0; j < j1; ++j) {
         const T s = kBias ? row[j] + bias[j] : row[j];
-        if (!(s > thr) || !std::isfinite(s) || (mask && !mask[j])) continue;
+        if (!(s > thr) || (mask && !mask[j])) continue;
+        if (!std::isfinite(s)) {  // finite score + finite bias overflowed: an error, as on CUDA
+          nonfinite = 1;
+          continue;
+        }
         insert(s, a.col0 + j, k, vals, idx);
         thr = vals[k - 1];
       }

@@ -199,13 +199,16 @@ def bilinear_hinge_loss(
         label out of range, or NaN/inf in the inputs. Double backward is not supported.
     """
     V = check(as_tensor(V, "V"), "V", ndim=2, dtypes=FLOATS)
-    T = check(as_tensor(T, "T"), "T", ndim=2, like=V)
-    M = check(as_tensor(M, "M"), "M", ndim=2, like=V, shape=(T.shape[1], V.shape[1]))
+    T = check(as_tensor(T, "T"), "T", ndim=2, dtypes=FLOATS, like=V)
+    M = check(as_tensor(M, "M"), "M", ndim=2, dtypes=FLOATS, like=V, shape=(T.shape[1], V.shape[1]))
     B, C = V.shape[0], T.shape[0]
     y = check(as_tensor(y, "y"), "y", dtypes=(torch.int64,), like=V, shape=(B,), contiguous=True)
     if class_mask is not None:
         class_mask = check(as_tensor(class_mask, "class_mask"), "class_mask", dtypes=(torch.bool,),
                            like=V, shape=(C,), contiguous=True)
+    margin = float(margin)
+    if not math.isfinite(margin) or abs(margin) > torch.finfo(V.dtype).max:
+        raise ValueError(f"margin: expected a finite number, got {margin!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     if negatives not in NEGATIVES:
@@ -218,5 +221,5 @@ def bilinear_hinge_loss(
             raise ValueError(f"y: labels must be in [0, {C}), got values in [{lo.item()}, {hi.item()}]")
     if pick_backend(backend, V) == "torch":
         return _reference.bilinear_hinge_loss(V, M, T, y, margin, reduction, class_mask, negatives)
-    return _BilinearHinge.apply(V, M, T, y, float(margin), reduction, class_mask,
+    return _BilinearHinge.apply(V, M, T, y, margin, reduction, class_mask,
                                 negatives == "max", tile_elems)

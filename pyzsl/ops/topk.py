@@ -29,9 +29,9 @@ FLOATS = (torch.float32, torch.float64)
 
 def _check_matrices(V, M, T):
     V = check(as_tensor(V, "V"), "V", ndim=2, dtypes=FLOATS)
-    T = check(as_tensor(T, "T"), "T", ndim=2, like=V)
+    T = check(as_tensor(T, "T"), "T", ndim=2, dtypes=FLOATS, like=V)
     if M is not None:
-        M = check(as_tensor(M, "M"), "M", ndim=2, like=V, shape=(T.shape[1], V.shape[1]))
+        M = check(as_tensor(M, "M"), "M", ndim=2, dtypes=FLOATS, like=V, shape=(T.shape[1], V.shape[1]))
     elif V.shape[1] != T.shape[1]:
         raise ValueError(f"V has {V.shape[1]} columns but T has {T.shape[1]} (M=None: no map)")
     return V, M, T
@@ -45,7 +45,7 @@ def _check_head(V, C, k, class_mask, class_bias):
         class_mask = check(as_tensor(class_mask, "class_mask"), "class_mask", dtypes=(torch.bool,),
                            like=V, shape=(C,), contiguous=True)
     if class_bias is not None:
-        class_bias = check(as_tensor(class_bias, "class_bias"), "class_bias", like=V, shape=(C,),
+        class_bias = check(as_tensor(class_bias, "class_bias"), "class_bias", dtypes=FLOATS, like=V, shape=(C,),
                            contiguous=True)
     return k, class_mask, class_bias
 
@@ -133,7 +133,9 @@ def topk_both_ways(
     V, _, T = _check_matrices(V, None, T)
     B, C = V.shape[0], T.shape[0]
     k = _check_head(V, C, k, None, None)[0]
-    k_cols = _check_head(T, B, k if k_cols is None else k_cols, None, None)[0]
+    k_cols = min(k, B) if k_cols is None else k_cols  # k need not fit the other side
+    if not isinstance(k_cols, int) or isinstance(k_cols, bool) or not 1 <= k_cols <= B:
+        raise ValueError(f"k_cols: expected an int in [1, {B}] (the number of rows of V), got {k_cols!r}")
     pick_backend("pyzsl", V)
     *rows, cols = _sweep(V, None, T, [(k, None, None)], tile_elems, k_cols)
     return rows[0], cols
