@@ -218,6 +218,12 @@ def test_nan_and_inf_are_errors(device):
     assert torch.isnan(pcgrad(G, check=False)).all()
     upd, diag = pcgrad(G, check=False, return_diagnostics=True)
     assert torch.isnan(diag.cosine).all() and int(diag.n_conflicts) == -1  # not left uninitialised
+    # a list: only the non-finite block is NaN, on every device
+    good = _grads(3, 20).to(device)
+    order = _orders(3).to(device)
+    (ug, ub), diag = pcgrad([good, G], order, check=False, return_diagnostics=True)
+    torch.testing.assert_close(ug, pcgrad(good, order))
+    assert torch.isnan(ub).all() and torch.isfinite(diag.cosine[0]).all() and diag.n_conflicts[1] == -1
 
 
 def test_bad_arguments():

@@ -68,6 +68,7 @@ __global__ void hinge_tile_kernel(float* __restrict__ S, const float* __restrict
 void hinge_tile_cuda(const HingeTileArgs& a, uintptr_t stream) {
   const int64_t B = a.scores.size(0), n = a.scores.size(1);
   if (B == 0 || n == 0) return;
+  DeviceGuard guard(a.scores.device_index);
   const unsigned blocks = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
   hinge_tile_kernel<<<blocks, kWarpsPerBlock * 32, 0, as_stream(stream)>>>(
       a.scores.ptr<float>(), a.positive.ptr<float>(), a.labels.ptr<int64_t>(),

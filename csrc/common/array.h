@@ -84,8 +84,9 @@ inline void require_contiguous(const Array& a) {
 }
 
 inline void require_same_device(const Array& a, const Array& b) {
-  PYZSL_CHECK(a.device == b.device && a.device_index == b.device_index, a.name, " and ", b.name,
-              " are on different devices");
+  // an empty CUDA array has no data pointer to ask for its device (index -1): any index
+  const bool index_ok = a.device_index == b.device_index || a.device_index < 0 || b.device_index < 0;
+  PYZSL_CHECK(a.device == b.device && index_ok, a.name, " and ", b.name, " are on different devices");
 }
 
 inline void require_same_dtype(const Array& a, const Array& b) {

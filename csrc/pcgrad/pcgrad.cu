@@ -117,18 +117,6 @@ Plan make_plan(int64_t T, const std::vector<int64_t>& P, DType dtype, int device
 }
 
 // Sets the current device for the scope (the pointers' device), restores it after.
-struct DeviceGuard {
-  int prev = -1;
-  explicit DeviceGuard(int device) {
-    PYZSL_CUDA_CHECK(cudaGetDevice(&prev));
-    if (prev != device) PYZSL_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (cudaGetDevice(&now) == cudaSuccess && now != prev && prev >= 0) cudaSetDevice(prev);
-  }
-};
-
 // ---- Gram ---------------------------------------------------------------------------------
 
 // D += A·B for one 8×8×4 FP64 tile. A (8×4, row): lane holds A[lane/4][lane%4];
@@ -513,13 +501,18 @@ int64_t pcgrad_cuda_workspace_bytes(int64_t T, const std::vector<int64_t>& P, DT
 void pcgrad_cuda(const PCGradArgs& a, uintptr_t stream) {
   const Array& g0 = a.blocks[0];
   const int64_t T = g0.size(0), L = static_cast<int64_t>(a.blocks.size());
-  DeviceGuard guard(g0.device_index);
+  // the device: an empty block (P_l = 0) has no data pointer to tell it, so the first that does
+  int device = -1;
+  for (const Array& g : a.blocks)
+    if (device < 0) device = g.device_index;
+  PYZSL_CHECK(a.workspace.given && a.workspace.device == Device::CUDA && a.workspace.contiguous() &&
+                  (device < 0 || a.workspace.device_index == device),
+              "workspace: expected a contiguous CUDA buffer on the device of G");
+  if (device < 0) device = a.workspace.device_index;
+  DeviceGuard guard(device);
   std::vector<int64_t> P(L);
   for (int64_t l = 0; l < L; ++l) P[l] = a.blocks[l].size(1);
-  Plan p = make_plan(T, P, g0.dtype, g0.device_index);
-  PYZSL_CHECK(a.workspace.given && a.workspace.device == Device::CUDA &&
-                  a.workspace.device_index == g0.device_index && a.workspace.contiguous(),
-              "workspace: expected a contiguous CUDA buffer on the device of G");
+  Plan p = make_plan(T, P, g0.dtype, device);
   const int64_t item = a.workspace.dtype == DType::Float32 || a.workspace.dtype == DType::Int32 ? 4
                        : a.workspace.dtype == DType::Bool                                       ? 1
                                                                                                 : 8;

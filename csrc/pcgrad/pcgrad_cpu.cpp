@@ -553,10 +553,16 @@ void pcgrad_cpu(const PCGradArgs& a) {
   const int64_t ncg = (static_cast<int64_t>(cjob.items.size()) + kCombineGrab - 1) / kCombineGrab;
   double* K = a.gram.ptr<double>();
   int32_t* status = a.status.ptr<int32_t>();
-  bool finite = true;
+  std::vector<char> finite(static_cast<size_t>(L), 1);  // per block, as on CUDA
   auto solve_layer = [&](int64_t l) {
     thread_local std::vector<double> c;
     const double* Kl = K + l * TT;
+    if (!finite[l]) {  // NaN weights, so the combine pass writes a NaN update for this block
+      if (a.order.given)
+        std::fill(a.weights.ptr<double>() + l * T, a.weights.ptr<double>() + (l + 1) * T,
+                  std::numeric_limits<double>::quiet_NaN());
+      return;
+    }
     if (a.order.given) solve(Kl, a.order.ptr<const int64_t>(), T, a.mean, a.weights.ptr<double>() + l * T, c);
     diagnostics(Kl, T, a.cosine.given ? a.cosine.ptr<double>() + l * TT : nullptr,
                 a.conflicts.given ? a.conflicts.ptr<int64_t>() + l : nullptr);
@@ -589,31 +595,22 @@ void pcgrad_cpu(const PCGradArgs& a) {
           for (int64_t j = i; j < T; ++j) {
             double* Kl = K + l * TT;
             Kl[j * T + i] = Kl[i * T + j];
-            if (!std::isfinite(Kl[i * T + j])) finite = false;
+            if (!std::isfinite(Kl[i * T + j])) finite[l] = 0;
           }
-      if (!finite) {  // as on CUDA: NaN weights and updates, the caller raises
-        status[0] |= 1;
-        const double nan = std::numeric_limits<double>::quiet_NaN();
-        if (a.order.given) std::fill(a.weights.ptr<double>(), a.weights.ptr<double>() + L * T, nan);
-        for (const Array& o : a.out) {
-          if (f32) std::fill(o.ptr<float>(), o.ptr<float>() + o.numel(), std::numeric_limits<float>::quiet_NaN());
-          else std::fill(o.ptr<double>(), o.ptr<double>() + o.numel(), nan);
-        }
-      }
-      if (finite && L <= kSerialSolves)
+      // a non-finite block: the caller raises (check=True) or gets NaN for that block only
+      if (std::find(finite.begin(), finite.end(), 0) != finite.end()) status[0] |= 1;
+      if (L <= kSerialSolves)
         for (int64_t l = 0; l < L; ++l) solve_layer(l);
     }  // implicit barrier
-    if (finite) {
-      if (L > kSerialSolves) {  // many blocks: their T×T solves in parallel (one more barrier)
+    if (L > kSerialSolves) {  // many blocks: their T×T solves in parallel (one more barrier)
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t l = 0; l < L; ++l) solve_layer(l);
-      }
-#pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t g = 0; g < ncg; ++g)
-        run_combine_items(isa, cjob, g * kCombineGrab,
-                          std::min<int64_t>((g + 1) * kCombineGrab, static_cast<int64_t>(cjob.items.size())),
-                          a.weights.ptr<double>(), f32);
+      for (int64_t l = 0; l < L; ++l) solve_layer(l);
     }
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t g = 0; g < ncg; ++g)
+      run_combine_items(isa, cjob, g * kCombineGrab,
+                        std::min<int64_t>((g + 1) * kCombineGrab, static_cast<int64_t>(cjob.items.size())),
+                        a.weights.ptr<double>(), f32);
   }
 }
 

@@ -35,7 +35,9 @@ __global__ void topk_tile_kernel(const float* __restrict__ S, const float* __res
   for (int64_t j = lane; j < n; j += 32) {
     const float raw = row[j];
     const float s = bias ? raw + bias[col0 + j] : raw;
-    if (!(s > thr)) {
+    // a NaN or ±inf score, or a NaN bias, is an error wherever it is (as on the CPU); a
+    // finite score + bias that overflows only where it could be picked: unmasked, above thr
+    if (!(s > thr) || (mask && !mask[col0 + j])) {
       nonfinite |= isnan(s) || isinf(raw);
       continue;
     }
@@ -43,7 +45,6 @@ __global__ void topk_tile_kernel(const float* __restrict__ S, const float* __res
       nonfinite = true;
       continue;
     }
-    if (mask && !mask[col0 + j]) continue;
     int p = cnt < k ? cnt++ : k - 1;
     while (p > 0 && lv[p - 1] < s) {
       lv[p] = lv[p - 1];
@@ -112,6 +113,7 @@ void launch(const TopkTileArgs& a, uintptr_t stream) {
 void topk_tile_cuda(const TopkTileArgs& a, uintptr_t stream) {
   const int64_t B = a.scores.size(0), n = a.scores.size(1), k = a.values.size(1);
   if (B == 0 || n == 0) return;
+  DeviceGuard guard(a.scores.device_index);
   if (k <= 16)
     launch<16>(a, stream);
   else if (k <= 64)

@@ -219,7 +219,8 @@ def pcgrad(
         out: optional preallocated (P,) buffer (a list for a list G), G's dtype and device.
         check: raise ValueError on NaN/inf in G or a bad CUDA ``order``. On CUDA this reads one
             status word (one host synchronisation, after all launches); with False the call
-            stays asynchronous and a NaN in G gives a NaN update (NaN cosines, -1 conflicts).
+            stays asynchronous and a NaN in G gives a NaN update (NaN cosines, -1 conflicts)
+            for the block that holds it; the other blocks of a list are computed as usual.
 
     Returns:
         The (P,) update of G's type and device (a list of (P_l,) for a list G), and with
