@@ -26,7 +26,9 @@ def find_cuda() -> Path | None:
     """CUDA_HOME, then the toolkit around nvcc on PATH, then /usr/local/cuda."""
     candidates = []
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home:
+    if home:  # given: it must be a toolkit, not silently replaced by another one
+        if not (Path(home) / "bin" / "nvcc").exists():
+            sys.exit(f"pyzsl: CUDA_HOME/CUDA_PATH={home} has no bin/nvcc")
         candidates.append(Path(home))
     nvcc = shutil.which("nvcc")
     if nvcc:  # may be a wrapper script outside the toolkit: then its root has no headers
@@ -39,7 +41,9 @@ def find_cuda() -> Path | None:
 
 
 def cuda_wanted() -> tuple[bool, Path | None]:
-    mode = os.environ.get("PYZSL_CUDA", "auto").strip().lower()
+    mode = os.environ.get("PYZSL_CUDA", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "off", "false", "no", "1", "on", "true", "yes"):
+        sys.exit(f"PYZSL_CUDA={mode!r}: expected auto, 0/off/false/no or 1/on/true/yes")
     if mode in ("0", "off", "false", "no"):
         return False, None
     home = find_cuda()
@@ -76,6 +80,8 @@ if WITH_CUDA:
 ext = Pybind11Extension(
     "pyzsl._C",
     cpp_sources,
+    # headers and .cu files: a change to any of them rebuilds (setuptools compares mtimes)
+    depends=sorted(str(p.relative_to(ROOT)) for pat in ("*.h", "*.cu") for p in (ROOT / "csrc").rglob(pat)),
     include_dirs=["csrc"] + ([str(CUDA_HOME / "include")] if WITH_CUDA else []),
     define_macros=macros,
     cxx_std=17,
@@ -87,8 +93,46 @@ ext = Pybind11Extension(
 )
 
 
+OPENMP_PROBE = "#include <omp.h>\nint pyzsl_probe() { return omp_get_max_threads(); }\n"
+
+
 class BuildExt(build_ext):
     """Compiles each .cu with nvcc and links the objects into the same _C."""
+
+    def run(self):
+        # A build of another configuration (CUDA on/off, archs, toolkit) must not be reused:
+        # setuptools only compares source mtimes. The stamp lives with the objects.
+        stamp = Path(self.build_temp) / "pyzsl-config.txt"
+        config = f"cuda={WITH_CUDA} archs={';'.join(CUDA_ARCHS)} home={CUDA_HOME}\n"
+        if not stamp.exists() or stamp.read_text() != config:
+            self.force = True
+        super().run()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(config)
+
+    def build_extensions(self):
+        if not self._openmp_works():
+            print("pyzsl: WARNING: the C++ compiler has no OpenMP (-fopenmp with omp.h): building "
+                  "single-threaded kernels (build_info()['openmp'] is False)", flush=True)
+            for e in self.extensions:
+                e.extra_compile_args = [a for a in e.extra_compile_args if a != "-fopenmp"]
+                e.extra_link_args = [a for a in e.extra_link_args if a != "-fopenmp"]
+        super().build_extensions()
+
+    def _openmp_works(self) -> bool:
+        import tempfile
+
+        from setuptools.errors import CCompilerError, CompileError, LinkError
+
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "probe.cpp"
+            src.write_text(OPENMP_PROBE)
+            try:
+                objs = self.compiler.compile([str(src)], output_dir=d, extra_postargs=["-fopenmp", "-fPIC"])
+                self.compiler.link_shared_object(objs, str(Path(d) / "probe.so"), extra_postargs=["-fopenmp"])
+            except (CCompilerError, CompileError, LinkError):
+                return False
+        return True
 
     def build_extension(self, ext):
         if WITH_CUDA:
@@ -99,8 +143,12 @@ class BuildExt(build_ext):
             import pybind11
             import sysconfig
 
+            headers = max((ROOT / h).stat().st_mtime for h in ext.depends)
             for src in cu_sources:
                 obj = tmp / (Path(src).with_suffix("").as_posix().replace("/", "_") + ".o")
+                objects.append(str(obj))
+                if not self.force and obj.exists() and obj.stat().st_mtime >= max(headers, (ROOT / src).stat().st_mtime):
+                    continue  # up to date (the config stamp forces a rebuild when the config changed)
                 cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17",
                        "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall",
                        "-Icsrc", "-I" + pybind11.get_include(),
@@ -112,7 +160,6 @@ class BuildExt(build_ext):
                 cmd += ["-gencode", f"arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
                 print("pyzsl: nvcc", " ".join(cmd[1:]), flush=True)
                 subprocess.check_call(cmd, cwd=ROOT)
-                objects.append(str(obj))
             ext.extra_objects = list(ext.extra_objects or []) + objects
             ext.library_dirs = list(ext.library_dirs or []) + [str(CUDA_HOME / "lib64")]
             ext.libraries = list(ext.libraries or []) + ["cudart_static", "dl", "rt", "pthread"]
