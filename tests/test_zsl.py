@@ -411,6 +411,23 @@ def test_csls_k_changed_after_fit_is_used():
     assert not np.array_equal(before, m.decision_function(X, T))
 
 
+def test_params_round_trip_and_repr():
+    X, y, T = toy()
+    for m in (small(csls_k=3, dtype=torch.float64), ESZSL(gamma=0.5), CosineZSL(csls_k=2)):
+        copy = type(m)(**m.get_params(deep=True))  # scikit-learn's clone does this
+        assert copy.get_params() == m.get_params() and repr(copy) == repr(m)
+    m = small().fit(X[y < 9], y[y < 9], T)
+    before = m.predict(X, T)
+    with pytest.raises(ValueError, match="epochs"):
+        m.set_params(lr=0.5, epochs=-1)
+    assert m.lr != 0.5  # a refused change changes nothing
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['foo'\]"):
+        m.set_params(foo=1)
+    assert m.set_params(csls_k=2) is m and m.csls_k == 2
+    np.testing.assert_array_equal(m.set_params(csls_k=0).predict(X, T), before)  # the fit is kept
+    assert repr(ESZSL(gamma=2.0)) == "ESZSL(gamma=2.0)"
+
+
 def test_eszsl_needs_positive_regularisation():
     for kw in (dict(gamma=0), dict(lam=0.0), dict(lam=-1)):
         with pytest.raises(ValueError, match="must be a finite number > 0"):

@@ -21,16 +21,17 @@ from pyzsl.bli.evaluate import evaluate, evaluate_all
 from pyzsl.bli.io import Embeddings, load_embeddings, save_embeddings
 from pyzsl.bli.normalize import normalize
 from pyzsl.bli.procrustes import LinearMap, procrustes
+from pyzsl.bli.rcsls import rcsls
 from pyzsl.bli.retrieval import Retriever, csls, inverted_softmax, knn_mean, nn, retrieve, topk
+from pyzsl.bli.self_learning import self_learning, unsupervised_seed
 
-# rcsls and self_learning are not re-exported: a function bound under its own module's name
-# would shadow the module (`import pyzsl.bli.rcsls as m` would return the function). Use
-# `from pyzsl.bli.rcsls import rcsls` / `from pyzsl.bli.self_learning import self_learning`,
-# or align(..., method="rcsls", self_learning=True).
+# As in torch.nn.functional, the main function of a module shares its name: `bli.procrustes`,
+# `bli.rcsls`, `bli.self_learning`, `bli.normalize` and `bli.evaluate` are functions. Their
+# modules stay importable by path (`from pyzsl.bli.rcsls import rcsls_objective`).
 
 __all__ = [
     "align", "Alignment", "Embeddings", "load_embeddings", "save_embeddings", "Dictionary",
     "load_dictionary", "identical_seed", "numeral_seed", "build_seed", "normalize",
-    "LinearMap", "procrustes", "nn", "csls", "inverted_softmax",
+    "LinearMap", "procrustes", "rcsls", "self_learning", "unsupervised_seed", "nn", "csls", "inverted_softmax",
     "retrieve", "topk", "knn_mean", "Retriever", "evaluate", "evaluate_all",
 ]

@@ -59,6 +59,10 @@ class LinearMap:
                     f"LinearMap: src maps to {self.src.shape[1]} dims but tgt to {self.tgt.shape[1]}"
                 )
 
+    def __repr__(self) -> str:  # the shapes, not the d×d matrices
+        tgt = "identity" if self.tgt is None else f"{tuple(self.tgt.shape)}"
+        return f"LinearMap(src={tuple(self.src.shape)} {self.src.dtype}, tgt={tgt})"
+
     @property
     def dim(self) -> int:
         """Dimension of the common space."""

@@ -140,7 +140,8 @@ def topk(Q, T, k: int, bias: Tensor | None = None, *, backend: str = "auto",
 
     Equals ``torch.topk(Q @ T.T + bias, k)`` (ties: smaller index first) without the B × C
     matrix on the ``pyzsl`` backend; raw inner products, no normalisation. ``k`` is clipped
-    to C. Memory: see the module docstring.
+    to C. Memory: see the module docstring; ``chunk_bytes`` bounds the score buffer of the
+    ``torch`` backend, the ``pyzsl`` kernel sizes its tiles itself (``pyzsl.ops.bilinear_topk``).
     """
     Q = _as_matrix(Q, "Q")
     T = _as_matrix(T, "T", like=Q)
@@ -260,6 +261,9 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
     """CSLS retrieval (Conneau et al., 2018): ``(2 cos − r_T − r_Q, target indices)``, B × k.
 
     Args:
+        k: results returned per query. Not the CSLS neighbourhood: that is ``knn`` (MUSE's
+            ``csls_knn_10`` is ``knn=10``; ``pyzsl.zsl`` calls it ``csls_k``).
+        knn: neighbourhood size of the r-terms r_T and r_Q (default 10).
         src: the (mapped) source space whose neighbourhoods define ``r_T`` (MUSE: the whole
             source vocabulary); default ``Q`` itself.
         r_T: precomputed ``knn_mean(T, src, knn)`` (unit rows), to reuse across query batches.
@@ -369,6 +373,10 @@ class Retriever:
         self.knn, self.beta, self.backend, self.chunk_bytes = knn, beta, backend, chunk_bytes
         self._r_T: Tensor | None = None
         self._lse: Tensor | None = None
+
+    def __repr__(self) -> str:
+        return (f"Retriever({self.X.shape[0]} → {self.Z.shape[0]} words, d={self.X.shape[1]}, "
+                f"knn={self.knn}, beta={self.beta}, backend={self.backend!r})")
 
     @property
     def r_T(self) -> Tensor:

@@ -280,6 +280,11 @@ class MAML(nn.Module):
                 self.inner_lrs[self._lr_key(k)] = nn.Parameter(
                     torch.full(shape, self.inner_lr, dtype=v.dtype, device=v.device))
 
+    def extra_repr(self) -> str:
+        lr = f"learned per {self.learn_inner_lr}, init {self.inner_lr}" if self.learn_inner_lr else self.inner_lr
+        return (f"inner_lr={lr}, inner_steps={self.inner_steps}, first_order={self.first_order}, "
+                f"vectorize={self.vectorize}, adapted tensors={len(self._names)}")
+
     @staticmethod
     def _lr_key(name: str) -> str:
         return name.replace(".", "__")  # ParameterDict keys cannot contain dots

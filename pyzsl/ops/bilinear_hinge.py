@@ -175,7 +175,7 @@ def bilinear_hinge_loss(
     backend: str = "auto",
     tile_elems: int | None = None,
 ) -> Tensor:
-    """DeViSE hinge loss of the bilinear score ``s_bj = t_jᵀ M v_b``, fused.
+    """DeViSE hinge loss (Frome et al. 2013) of the bilinear score ``s_bj = t_jᵀ M v_b``, fused.
 
     Per row: ``sum_{j != y_b, class_mask_j} max(0, margin - s_{b,y_b} + s_bj)``; with
     ``negatives="max"`` only the largest of those terms. Equals
@@ -191,8 +191,13 @@ def bilinear_hinge_loss(
         margin: the hinge margin.
         reduction: ``"none"`` (B,), ``"sum"`` or ``"mean"`` over rows.
         class_mask: (C,) bool: the classes allowed as negatives (e.g. the seen classes).
-        negatives: ``"sum"`` over violators (DeViSE) or ``"max"``, the hardest one.
+        negatives: ``"sum"`` over violators (DeViSE) or ``"max"``, the hardest one (SJE,
+            Akata et al. 2015).
         backend: ``"pyzsl"`` (the fused kernel), ``"torch"`` (the reference) or ``"auto"``.
+        tile_elems: elements of one score tile (the memory above); None: the defaults.
+
+    Returns:
+        The loss: a 0-d tensor (``"sum"``/``"mean"``) or (B,) (``"none"``), V's dtype.
 
     Raises:
         TypeError / ValueError naming the argument for a wrong dtype, device or shape, a

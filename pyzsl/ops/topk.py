@@ -85,7 +85,8 @@ def bilinear_topk(
     Returns:
         ``(values, indices)``, both B×k, sorted by decreasing score; ties go to the smaller
         class index. Where fewer than k classes are allowed, the missing slots hold
-        ``-inf`` and index ``-1``.
+        ``-inf`` and index ``-1``. Unlike ``torch.topk``, the values carry no gradient (for a
+        differentiable score of the winners, recompute ``(V @ M.T * T[indices]).sum(-1)``).
     """
     V, M, T = _check_matrices(V, M, T)
     head = _check_head(V, T.shape[0], k, class_mask, class_bias)

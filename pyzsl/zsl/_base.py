@@ -9,6 +9,7 @@ score matrix: extra memory is O((B + C)·d) whatever the number of classes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -147,11 +148,28 @@ class BilinearZSL:
     reference_: Tensor | None = None
 
     # -- helpers ---------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self._param_names}
-        if "dtype" in out:
-            out["dtype"] = str(out["dtype"]).replace("torch.", "")
-        return out
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as given: ``type(m)(**m.get_params())`` is an unfitted
+        copy (scikit-learn's convention; ``deep`` is accepted for it and has no effect)."""
+        return {k: getattr(self, k) for k in self._param_names}
+
+    def set_params(self, **params: Any) -> "BilinearZSL":
+        """Change constructor arguments (checked as the constructor does); returns self. A fitted
+        model keeps its fit; the new settings apply to the next ``fit`` or prediction."""
+        bad = sorted(set(params) - set(self._param_names))
+        if bad:
+            raise ValueError(f"{type(self).__name__}.set_params: unknown parameter(s) {bad}; "
+                             f"valid: {list(self._param_names)}")
+        new = {**self.get_params(), **params}
+        type(self)(**new)  # checks every value before anything of self changes
+        type(self).__init__(self, **new)  # type: ignore[misc]
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
+                            if k not in defaults or defaults[k] != v)
+        return f"{type(self).__name__}({changed})"
 
     def _check_fitted(self) -> None:
         if "classes_" not in self.__dict__ or "M_" not in self.__dict__:
@@ -355,7 +373,8 @@ class BilinearZSL:
         self._check_fitted()
         meta = {
             "kind": type(self).__name__,
-            "params": self.get_params(),
+            "params": {k: str(v).replace("torch.", "") if k == "dtype" else v
+                       for k, v in self.get_params().items()},
             "n_features_in": int(self.n_features_in_),
             "n_class_features": int(self.n_class_features_),
             "format": 1,

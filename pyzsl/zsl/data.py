@@ -44,6 +44,10 @@ class ZSLData:
     val_seen_loc: np.ndarray
     extra: dict = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:  # the sizes, not the arrays
+        return (f"ZSLData({self.name!r}: {self.X.shape[0]} samples × {self.X.shape[1]}, "
+                f"{self.n_classes} classes ({len(self.seen_classes)} seen / {len(self.unseen_classes)} unseen))")
+
     @property
     def n_classes(self) -> int:
         return int(self.class_emb.shape[0])
