@@ -39,7 +39,7 @@ def machine(device: str | torch.device | None = None) -> str:
 
 def sync(device: str | torch.device = "cpu") -> None:
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device="cpu",
@@ -57,11 +57,12 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device="c
     start = time.perf_counter()
     while len(times) < repeat and (budget_s is None or len(times) < 3
                                    or time.perf_counter() - start < budget_s):
-        if cuda:
+        if cuda:  # events on the device's current stream (not cuda:0's for a cuda:1 run)
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
+            stream = torch.cuda.current_stream(device)
+            a.record(stream)
             fn()
-            b.record()
+            b.record(stream)
             b.synchronize()
             times.append(a.elapsed_time(b))
         else:
@@ -108,29 +109,38 @@ def extra_peak_mb(fn: Callable[[], object], device="cpu") -> float:
     return max(0.0, max(peak[0], rss_mb()) - base)
 
 
-def write_rows(op: str, rows: Iterable[dict], path: Path | None = None) -> Path:
+def write_rows(op: str, rows: Iterable[dict], path: Path | None = None, device: str | torch.device = "cpu") -> Path:
     """Appends rows to ``path`` (default benchmarks/results/<op>.csv), atomically.
 
     Columns: op, impl, mode, size, machine, version, then the file's other columns, then any
     new ones; a row without a column leaves it empty (new columns rewrite the header, so old and
     new rows stay aligned). The whole file goes to a temporary file that replaces it, under a
-    lock, so that benchmarks running side by side do not drop each other's rows.
+    lock, so that benchmarks running side by side do not drop each other's rows. ``machine``:
+    that of ``device`` (a CPU run on a GPU host is the CPU's row).
     """
     path = Path(path) if path is not None else RESULTS / f"{op}.csv"
     rows = list(rows)
     if not rows:
         return path
+    with locked(path):
+        _rewrite_rows(op, rows, path, device)
+    return path
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock beside ``path`` for a read-modify-replace of it (other benchmarks
+    writing the same CSV wait instead of dropping each other's rows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            _rewrite_rows(op, rows, path)
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return path
 
 
-def _rewrite_rows(op: str, rows: list[dict], path: Path) -> None:
+def _rewrite_rows(op: str, rows: list[dict], path: Path, device) -> None:
     import pyzsl
 
     old: list[dict] = []
@@ -143,7 +153,7 @@ def _rewrite_rows(op: str, rows: list[dict], path: Path) -> None:
         for i, r in enumerate(old):
             if None in r:  # DictReader's key for values beyond the header
                 raise ValueError(f"{path}: line {i + 2} has more values than the header; fix the file first")
-    rows = [{"op": op, "machine": machine(), "version": pyzsl.__version__, **r} for r in rows]
+    rows = [{"op": op, "machine": machine(device), "version": pyzsl.__version__, **r} for r in rows]
     for r in rows:
         fields += [c for c in r if c not in fields]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

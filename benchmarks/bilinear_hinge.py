@@ -76,14 +76,15 @@ def child(impl, size, device, tf32, repeat):
         torch.backends.cuda.matmul.allow_tf32 = True
     V, M, T, y = setup(*size, device)
     step = make_step(impl, V, M, T, y)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+    cuda = torch.device(device).type == "cuda"  # "cuda:0" too
+    if cuda:
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     else:
         base = rss_mb()
     t = timeit(step, repeat=repeat, warmup=1, device=device)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else peak_rss_mb() - base
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else peak_rss_mb() - base
     print(json.dumps({**t, "peak_mb": peak}))
 
 
@@ -129,7 +130,7 @@ def main(argv=None):
     print("vs_torch: plain PyTorch time / this time (>1 is faster); vs_floor: this time / the GEMMs alone "
           "(the faster BLAS); "
           "mem_vs_torch: peak extra memory / plain PyTorch's")
-    print("csv:", write_rows("bilinear_hinge", rows))
+    print("csv:", write_rows("bilinear_hinge", rows, device=a.device))
 
 
 if __name__ == "__main__":

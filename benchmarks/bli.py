@@ -48,6 +48,9 @@ BARS = {
 BEST_SUPERVISED = {"fr-fi": 0.4926, "fi-fr": 0.6056}   # VecMap supervised + 1.5
 STRETCH = {"fr-fi": 0.5221, "fi-fr": 0.6150}           # MUSE refined + 1.5
 SUPERVISED = ("procrustes", "procrustes+sl", "rcsls", "sl+rcsls")
+# The "best supervised method" of the bar is named here, before any run: the most complete
+# pipeline. Taking the maximum over methods on the test dictionary would select on test.
+BEST = "sl+rcsls"
 
 # Settings of each method (the library defaults unless stated).
 SL: dict = {}      # library defaults: mutual CSLS NN among the 10k most frequent words, seed kept
@@ -161,12 +164,12 @@ def main(argv=None):
             rows.append(row)
             print(f"{direction} {method:14s} NN {row['nn_p1']:.4f} CSLS {p1:.4f}  "
                   f"bar {row['bar'] if bar else '-'} {row['holds']}  fit {t_fit:.1f} s  {info}", flush=True)
-    # best supervised per direction
+    # the named best supervised method per direction (BEST, not a maximum taken on test)
     for direction in a.directions.split(","):
-        sup = [r for r in rows if r["mode"] == direction and r["impl"] in SUPERVISED]
+        sup = [r for r in rows if r["mode"] == direction and r["impl"] == BEST]
         if sup:
-            b = max(sup, key=lambda r: r["csls_p1"])
-            rows.append(dict(impl=f"best supervised ({b['impl']})", mode=direction, size=b["size"],
+            b = sup[0]
+            rows.append(dict(impl=f"best supervised ({b['impl']}, named beforehand)", mode=direction, size=b["size"],
                              nn_p1=b["nn_p1"], csls_p1=b["csls_p1"], csls_p5=b["csls_p5"],
                              csls_p10=b["csls_p10"], nn_p5=b["nn_p5"], nn_p10=b["nn_p10"],
                              coverage=b["coverage"], fit_s=b["fit_s"], eval_s=b["eval_s"],
@@ -183,7 +186,7 @@ def main(argv=None):
     print(f"\npeak RSS {peak_rss_mb():.0f} MB; stretch (MUSE refined + 1.5): "
           + ", ".join(f"{d} {v}" for d, v in STRETCH.items()))
     if not a.no_csv:
-        print("rows appended to", write_rows("bli", rows))
+        print("rows appended to", write_rows("bli", rows, device=a.device))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from typing import Any, Sequence
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import locked  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ["date", "bench", "method", "setting", "metric", "value", "ci95", "n", "extra",
           "machine", "torch", "threads", "command"]
@@ -24,8 +27,12 @@ def machine() -> str:
 def append_rows(name: str, rows: Sequence[dict[str, Any]]) -> Path:
     """Append ``rows`` to ``benchmarks/results/<name>.csv`` (header once), atomically: the
     old content plus the new rows go to a temporary file that replaces the CSV."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.csv"
+    with locked(path):  # concurrent runs wait for each other instead of dropping rows
+        return _append(path, rows)
+
+
+def _append(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     old = path.read_text() if path.exists() else ""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="raise")

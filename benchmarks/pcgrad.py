@@ -132,9 +132,10 @@ def run(args, device: torch.device, dtype: torch.dtype, Ps: list[int]) -> int:
             ref = None
             for impl in args.impls:
                 fn = fns[impl]
+                # memory first: after the timed calls the allocator's cache would hide it
+                mem = extra_peak_mb(fn, device)
                 t = timeit(fn, repeat=args.repeat, device=device,
                            budget_s=args.budget if impl.startswith("torch") else 30.0)
-                mem = extra_peak_mb(fn, device)
                 res[impl] = (t["p20_ms"], t["p50_ms"], t["p80_ms"], mem, t["min_ms"])
                 if impl == "torch_loop":
                     ref = fn()
@@ -159,7 +160,7 @@ def run(args, device: torch.device, dtype: torch.dtype, Ps: list[int]) -> int:
                   flush=True)
             del G, out, order_dev
     if not args.no_csv:
-        print(f"appended {len(rows)} rows to {write_rows('pcgrad', rows, args.csv)}")
+        print(f"appended {len(rows)} rows to {write_rows('pcgrad', rows, args.csv, device=device)}")
     return 0
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mb, rss_mb, table, timeit, write_rows  # noqa: E402
+from _common import extra_peak_mb, table, timeit, write_rows  # noqa: E402
 
 
 def unit_vectors(n, d, device, seed):
@@ -69,7 +69,7 @@ def main(argv=None):
         X, Z = unit_vectors(N, a.dim, a.device, 0), unit_vectors(N, a.dim, a.device, 1)
         rep = a.repeat if N <= 20000 else 1
         # the floor is the faster BLAS of the two on this machine, whichever ours uses
-        floors = {blas: timeit(lambda: bare_pass(X, Z, blas), repeat=rep, device=a.device)["p50_ms"]
+        floors = {blas: timeit(lambda: bare_pass(X, Z, blas), repeat=rep, warmup=1, device=a.device)["p50_ms"]
                   for blas in ([] if a.no_floor else ["torch"] if cuda else ["torch", "numpy"])}
         floor = min(floors.values(), default=float("nan"))
         print(f"N={N}: one bare GEMM pass: " + ", ".join(f"{b} {t:.0f} ms" for b, t in floors.items())
@@ -82,12 +82,14 @@ def main(argv=None):
             ]:
                 if mode not in a.modes.split(","):
                     continue
-                base = rss_mb()
+                # the first call gives the extra memory (CUDA: the allocator's peak; CPU: RSS
+                # sampled during the call) and is every implementation's warm-up, the floor's too
+                mem = extra_peak_mb(fn, a.device)
                 t = timeit(fn, repeat=rep, warmup=1 if N <= 20000 else 0, device=a.device)
                 res[(be, mode)] = t
                 rows.append({"impl": be, "mode": mode + mode_sfx, "size": f"N={N} d={a.dim}", **t,
                              "floor_ms": passes * floor, "vs_floor": t["p50_ms"] / (passes * floor),
-                             "peak_rss_mb": peak_rss_mb() - base if not cuda else float("nan")})
+                             "peak_mb": mem})
         for r in rows:
             if r["size"] == f"N={N} d={a.dim}":
                 m = r["mode"].split()[0]
@@ -100,12 +102,12 @@ def main(argv=None):
             print(f"N={N}: CSLS top-1 agreement pyzsl vs torch on 2000 queries: {(i1 == i2).float().mean().item():.4f}")
         print(table([r for r in rows if r["size"] == f"N={N} d={a.dim}"],
                     ["size", "mode", "impl", "p50_ms", "floor_ms", "vs_floor", "vs_torch", "vs_faiss",
-                     "peak_rss_mb"]), flush=True)
+                     "peak_mb"]), flush=True)
     print(table(rows, ["size", "mode", "impl", "p50_ms", "p20_ms", "p80_ms", "floor_ms", "vs_floor", "vs_torch",
                        "vs_faiss"]))
     print("vs_floor: time / the bare matrix products (1.0 = the GEMMs alone); vs_torch, vs_faiss: their time / this "
           "time (>1: this is faster)")
-    print("csv:", write_rows("retrieval", rows))
+    print("csv:", write_rows("retrieval", rows, device=a.device))
 
 
 if __name__ == "__main__":
