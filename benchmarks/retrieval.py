@@ -67,7 +67,7 @@ def main(argv=None):
     rows = []
     for N in sizes:
         X, Z = unit_vectors(N, a.dim, a.device, 0), unit_vectors(N, a.dim, a.device, 1)
-        rep = a.repeat if N <= 20000 else 1
+        rep = a.repeat if N <= 50000 or cuda else 1  # one sample only for CPU runs at 200k (minutes each)
         # the floor is the faster BLAS of the two on this machine, whichever ours uses
         floors = {blas: timeit(lambda: bare_pass(X, Z, blas), repeat=rep, warmup=1, device=a.device)["p50_ms"]
                   for blas in ([] if a.no_floor else ["torch"] if cuda else ["torch", "numpy"])}

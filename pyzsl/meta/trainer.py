@@ -262,9 +262,10 @@ class MetaTrainer:
         logger.info("resumed from %s at step %d", path, self.step_count)
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, steps: int, resume: bool = False) -> dict[str, list[Any]]:
+    def fit(self, steps: int, resume: bool = False) -> "MetaTrainer":
         """Meta-train until ``steps`` outer steps in total; ``resume=True`` first loads the
-        checkpoint if it exists. Returns the history (losses, validation scores)."""
+        checkpoint if it exists. Returns self (as ``MultiTaskTrainer.fit``); losses and
+        validation scores are in ``history``."""
         from tqdm.auto import tqdm
 
         if resume:
@@ -300,4 +301,4 @@ class MetaTrainer:
             self.maml.load_state_dict(self._best_state)
             logger.info("restored the best model (step %s, val %.5f)", self.best_step,
                         self.best_score)
-        return self.history
+        return self
