@@ -10,7 +10,8 @@
 
 Inputs are N×d arrays (torch or numpy) of features on the same N inputs, N ≫ d: with
 ``rank(X) + rank(Y) > N`` some canonical correlations are 1 by construction (a warning says so).
-Computation in float64; memory O(N·(d1 + d2)).
+Computation in float64; memory O(N·(d1 + d2)) for the inputs plus the d×d (CCA; CKA:
+min(N, d)²) products.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ __all__ = ["canonical_correlations", "cca_similarity", "linear_cka", "pick_check
 
 def _as64(X, name: str) -> Tensor:
     if isinstance(X, np.ndarray):
-        X = torch.from_numpy(X)
+        X = torch.from_numpy(np.ascontiguousarray(X))  # torch refuses negative strides (X[:, ::-1])
     if not isinstance(X, Tensor):
         raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(X).__name__}")
     if X.dim() != 2:
@@ -83,12 +84,21 @@ def cca_similarity(X, Y, keep: float | None = None, rtol: float = 1e-10) -> floa
 
 
 def linear_cka(X, Y) -> float:
-    """Linear CKA (Kornblith et al., 2019): ``||Yᵀ X||_F² / (||Xᵀ X||_F ||Yᵀ Y||_F)`` after centring."""
+    """Linear CKA (Kornblith et al., 2019): ``||Yᵀ X||_F² / (||Xᵀ X||_F ||Yᵀ Y||_F)`` after centring.
+
+    In feature space (d×d products) when N ≥ the widths, else in input space with the N×N Grams
+    ``K = X Xᵀ``, ``L = Y Yᵀ``: ``<K, L> / (||K|| ||L||)``, the same number; memory
+    O(min(N, d)²) beyond the inputs either way."""
     Xc, Yc = _pair(X, Y)
-    den = torch.linalg.matrix_norm(Xc.T @ Xc) * torch.linalg.matrix_norm(Yc.T @ Yc)
+    if Xc.shape[0] < max(Xc.shape[1], Yc.shape[1]):
+        K, L = Xc @ Xc.T, Yc @ Yc.T
+        num, den = (K * L).sum(), torch.linalg.matrix_norm(K) * torch.linalg.matrix_norm(L)
+    else:
+        num = torch.linalg.matrix_norm(Yc.T @ Xc) ** 2
+        den = torch.linalg.matrix_norm(Xc.T @ Xc) * torch.linalg.matrix_norm(Yc.T @ Yc)
     if float(den) == 0.0:
         raise ValueError("X or Y is constant across inputs: CKA undefined")
-    return float(torch.linalg.matrix_norm(Yc.T @ Xc) ** 2 / den)
+    return float(num / den)
 
 
 MEASURES = {"cca": cca_similarity, "cka": linear_cka}

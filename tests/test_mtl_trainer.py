@@ -318,6 +318,10 @@ def test_heads_at_depths():
     assert ss_row[n1:].abs().sum() > 0
     with pytest.raises(ValueError, match="depths"):
         HeadsAtDepths([nn.Linear(2, 2)], {"a": nn.Linear(2, 2)}, {"a": 2})
+    # a stage no head reads would be "shared" yet never trained
+    with pytest.raises(ValueError, match="no head reads past stage 1 of 2"):
+        HeadsAtDepths([nn.Linear(2, 2), nn.Linear(2, 2)], {"a": nn.Linear(2, 2)}, {"a": 1})
+    assert len(word_mlp_depths({"pos": 4, "supersense": 45}, {"pos": 1, "supersense": 1}, d_in=10, hidden=12).stages) == 1
 
 
 def test_cross_stitch_generic_shapes():

@@ -93,6 +93,14 @@ def test_linear_cka_properties():
     K, L = H @ X @ X.T @ H, H @ Y @ Y.T @ H
     hsic = lambda a, b: (a * b).sum()
     assert ref == pytest.approx(float(hsic(K, L) / (hsic(K, K) * hsic(L, L)).sqrt()), rel=1e-10)
+    # fewer inputs than features: the N×N form gives the same number as the d×d one
+    W, V = X[:6], Y[:6]
+    H6 = torch.eye(6, dtype=torch.float64) - 1.0 / 6
+    K, L = H6 @ W @ W.T @ H6, H6 @ V @ V.T @ H6
+    assert linear_cka(W, V) == pytest.approx(float(hsic(K, L) / (hsic(K, K) * hsic(L, L)).sqrt()), rel=1e-10)
+    # numpy views with negative strides are read as they are
+    Xn, Yn = X.numpy(), Y.numpy()
+    assert linear_cka(Xn[:, ::-1], Yn) == pytest.approx(ref, rel=1e-10)
 
 
 def test_pick_checkpoint_ranks_related_first():

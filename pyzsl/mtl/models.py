@@ -156,6 +156,9 @@ class HeadsAtDepths(MultiTaskModel):
             if not 1 <= int(d) <= len(self.stages):
                 raise ValueError(f"depths[{t!r}] = {d} must be in 1..{len(self.stages)} (number of stages)")
         self.depths = {t: int(d) for t, d in depths.items()}
+        if max(self.depths.values()) < len(self.stages):  # a stage no head reads never trains
+            raise ValueError(f"no head reads past stage {max(self.depths.values())} of "
+                             f"{len(self.stages)}: drop the stages beyond it")
 
     def forward(self, x: Tensor, tasks: Iterable[str] | None = None) -> dict[str, Tensor]:
         want = self._select(tasks)
@@ -221,6 +224,7 @@ def word_mlp_cross_stitch(n_classes: Mapping[str, int], d_in: int = 384, hidden:
 
 def word_mlp_depths(n_classes: Mapping[str, int], depths: Mapping[str, int], d_in: int = 384,
                     hidden: int = 512, dropout: float = 0.3) -> HeadsAtDepths:
-    """Two hidden layers; each task's linear head reads the layer ``depths[task]`` (1 or 2)."""
-    stages = [_mlp_stage(d_in, hidden, dropout), _mlp_stage(hidden, hidden, dropout)]
+    """Up to two hidden layers; each task's linear head reads the layer ``depths[task]`` (1 or 2)
+    (as many layers as the deepest head reads)."""
+    stages = [_mlp_stage(d_in, hidden, dropout), _mlp_stage(hidden, hidden, dropout)][:max(depths.values())]
     return HeadsAtDepths(stages, {t: nn.Linear(hidden, c) for t, c in n_classes.items()}, depths)
