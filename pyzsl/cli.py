@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 EXIT_BAD_INPUT = 2
+DEFAULT_NORMALIZE = "unit,center,unit"
 
 
 class UsageError(Exception):
@@ -42,10 +43,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-vocab", type=int, default=None, metavar="N",
                    help="read only the N most frequent words of each file")
     g.add_argument("--lower", action="store_true", help="lowercase the words (first occurrence kept)")
-    g.add_argument("--normalize", default="unit,center,unit", metavar="STEPS",
+    g.add_argument("--normalize", default=None, metavar="STEPS",
                    help="normalisation steps before mapping (default: unit,center,unit; 'iterative': "
-                        "Zhang et al. 2019, better with few or no seed pairs)")
-    g.add_argument("--knn", type=int, default=10, help="CSLS neighbourhood size (default 10)")
+                        "Zhang et al. 2019, better with few or no seed pairs; eval of spaces given "
+                        "as aligned: unit, the cosine MUSE evaluates with)")
+    g.add_argument("--knn", type=int, default=10,
+                   help="CSLS neighbourhood size: retrieval, self-learning's induction, RCSLS (default 10)")
     g.add_argument("--beta", type=float, default=10.0,
                    help="inverted softmax inverse temperature (default 10)")
     g.add_argument("--backend", choices=("auto", "pyzsl", "faiss", "torch"), default="auto",
@@ -59,7 +62,7 @@ def _supervision(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-dict", type=Path, metavar="F", help="train dictionary (MUSE format)")
     g.add_argument("--seed", metavar="KIND",
                    help="identical | numerals | none (fully unsupervised, with --self-learning) | N "
-                        "(the first N source words of --train-dict)")
+                        "(the first N pairs of --train-dict, e.g. 50)")
     g.add_argument("--method", choices=("procrustes", "rcsls"), default="procrustes")
     g.add_argument("--self-learning", action="store_true",
                    help="iterate mapping and CSLS dictionary induction (Artetxe et al. 2018)")
@@ -86,10 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--oov-wrong", action="store_true",
                    help="count out-of-vocabulary test words as wrong (fastText convention)")
     o = a.add_argument_group("outputs")
-    o.add_argument("--out-lexicon", type=Path, metavar="F.tsv", help="source<TAB>target<TAB>score lines")
+    o.add_argument("--out-lexicon", type=Path, metavar="F.tsv",
+                   help="source<TAB>target<TAB>score lines (the retrieval's score; --no-scores: "
+                        "'source target', a MUSE dictionary)")
+    o.add_argument("--no-scores", action="store_true", help="lexicon without the score column")
     o.add_argument("--lexicon-k", type=int, default=1, metavar="K", help="translations per word in the lexicon")
     o.add_argument("--save-mapping", type=Path, metavar="W.npy",
-                   help="the source map W (normalised source @ W); .npz: the full alignment")
+                   help="the source map W, applied to vectors normalised with --normalize (as "
+                        "pyzsl bli eval --mapping does); .npz: the full alignment")
     o.add_argument("--save-aligned", type=Path, metavar="F.vec",
                    help="mapped source vectors (.vec/.vec.gz/.npy); the target goes to F.tgt.vec")
     o.add_argument("--save-alignment", type=Path, metavar="A.npz", help="alignment for translate/eval")
@@ -155,6 +162,29 @@ def _check_output(path: Path | None, what: str, suffixes: Sequence[str] | None =
         raise UsageError(f"{what}: {path} is a folder")
 
 
+def _distinct_outputs(args) -> None:
+    """No two outputs (derived names included: F.tgt.vec, .vocab beside .npy) on one path."""
+    outs: dict[Path, str] = {}
+
+    def add(path: Path | None, what: str) -> None:
+        if path is None:
+            return
+        key = path.resolve()
+        if key in outs:
+            raise UsageError(f"{what} and {outs[key]} would both write {path}")
+        outs[key] = what
+
+    add(args.out_lexicon, "--out-lexicon")
+    add(args.save_mapping, "--save-mapping")
+    add(args.save_alignment, "--save-alignment")
+    add(args.report, "--report")
+    if args.save_aligned is not None:
+        for p in (args.save_aligned, _aligned_target_path(args.save_aligned)):
+            add(p, "--save-aligned")
+            if p.suffix.lower() == ".npy":
+                add(p.with_suffix(".vocab"), "--save-aligned")
+
+
 def _seed_arg(args) -> str | int | None:
     """--seed → None, 'identical', 'numerals' or an int (validated against the other options)."""
     s = args.seed
@@ -209,20 +239,20 @@ def _fit(args, src: Path, tgt: Path, default: dict | None, *, required: bool):
     if train is None and default is not None and args.seed not in ("identical", "numerals", "none"):
         train = default["train"]
     if isinstance(seed, int) and train is None:
-        raise UsageError(f"--seed {seed}: a numeric seed takes the first {seed} source words of --train-dict")
+        raise UsageError(f"--seed {seed}: a numeric seed takes the first {seed} pairs of --train-dict")
     if train is None and seed is None and not args.self_learning:
         if not required:
             return None
         raise UsageError("no supervision: give --train-dict F, --seed identical|numerals, "
                          "or --self-learning --seed none (fully unsupervised)")
     _check_input(train, "--train-dict")
-    what = (f"seed: first {seed} source words of {train}" if isinstance(seed, int) else
+    what = (f"seed: first {seed} pairs of {train}" if isinstance(seed, int) else
             f"train dictionary {train}" if train is not None else
             f"seed: {seed}" if seed else "no seed (unsupervised)")
     _say(args, f"mapping {src.name} → {tgt.name}: {args.method}"
                f"{' + self-learning' if args.self_learning else ''}; {what}")
     return align(src, tgt, train_dict=train, seed=seed, method=args.method,
-                 self_learning=args.self_learning, normalize=args.normalize,
+                 self_learning=args.self_learning, normalize=args.normalize or DEFAULT_NORMALIZE,
                  max_vocab=args.max_vocab, lower=args.lower, knn=args.knn, beta=args.beta,
                  backend=args.backend, device=args.device, progress=not args.quiet)
 
@@ -240,10 +270,19 @@ def _from_saved(args, src: Path | None, tgt: Path | None, default: dict | None):
     if saved is None:
         return None
     _check_input(saved, flag)
-    if flag == "--alignment" or saved.suffix.lower() == ".npz":
-        if args.max_vocab is not None or args.lower:
-            raise UsageError(f"--max-vocab and --lower do not apply with {flag} {saved.name}: the "
-                             "embeddings are read as the alignment was fit (its stored settings)")
+    whole = flag == "--alignment" or saved.suffix.lower() == ".npz"
+    # options that would fit a map, or (for a saved alignment) read the spaces otherwise than
+    # it stores: refused rather than silently ignored (and recorded in --report as if used)
+    given = [o for o, on in (("--train-dict", args.train_dict is not None), ("--seed", args.seed is not None),
+                             ("--method", args.method != "procrustes"), ("--self-learning", args.self_learning),
+                             ("--max-vocab", whole and args.max_vocab is not None), ("--lower", whole and args.lower),
+                             ("--normalize", whole and args.normalize is not None),
+                             ("--knn", whole and args.knn != 10), ("--beta", whole and args.beta != 10.0)) if on]
+    if given:
+        raise UsageError(f"{', '.join(given)}: not used with {flag} {saved.name} (" +
+                         ("the alignment stores how its spaces are read, normalised and searched)" if whole
+                          else "the map is given, nothing is fitted)"))
+    if whole:
         return Alignment.load(saved, src, tgt, backend=args.backend, device=args.device)
     if src is None:
         src, tgt = default["src"], default["tgt"]
@@ -258,7 +297,7 @@ def _from_saved(args, src: Path | None, tgt: Path | None, default: dict | None):
     if W.shape != (s.dim, t.dim):
         raise UsageError(f"--mapping {args.mapping}: shape {W.shape}, expected ({s.dim}, {t.dim}) "
                          "for these embeddings")
-    return Alignment(s, t, LinearMap(torch.from_numpy(W.astype(np.float32))), args.normalize,
+    return Alignment(s, t, LinearMap(torch.from_numpy(W.astype(np.float32))), args.normalize or DEFAULT_NORMALIZE,
                      knn=args.knn, beta=args.beta, backend=args.backend, device=args.device,
                      info={"method": f"mapping {args.mapping}"})
 
@@ -266,12 +305,14 @@ def _from_saved(args, src: Path | None, tgt: Path | None, default: dict | None):
 # --------------------------------------------------------------------------- output
 
 def _table(rows: list[dict], retrievals: Sequence[str]) -> str:
-    head = f"{'retrieval':<10} {'P@1':>7} {'P@5':>7} {'P@10':>7} {'coverage':>9} {'queries':>8}"
+    # "over": the denominator of P@k (the covered words; all test words with --oov-wrong)
+    head = f"{'retrieval':<10} {'P@1':>7} {'P@5':>7} {'P@10':>7} {'coverage':>9} {'queries':>8} {'over':>6}"
     lines = [head, "-" * len(head)]
     for r in retrievals:
         res = rows[r]
+        over = res["n_source_words"] if res.get("oov") == "wrong" else res["n_queries"]
         lines.append(f"{r.upper():<10} {100 * res['p@1']:>7.2f} {100 * res['p@5']:>7.2f} "
-                     f"{100 * res['p@10']:>7.2f} {100 * res['coverage']:>8.1f}% {res['n_queries']:>8}")
+                     f"{100 * res['p@10']:>7.2f} {100 * res['coverage']:>8.1f}% {res['n_queries']:>8} {over:>6}")
     return "\n".join(lines)
 
 
@@ -290,14 +331,14 @@ def _write_json(path: Path, obj: Any) -> None:
         raise
 
 
-def _write_lexicon(path: Path, rows) -> None:
+def _write_lexicon(path: Path, rows, scores: bool = True) -> None:
     from pyzsl.bli.io import _atomic_target
 
     fd, tmp = _atomic_target(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for s, t, v in rows:
-                f.write(f"{s}\t{t}\t{v:.6f}\n")
+                f.write(f"{s}\t{t}\t{v:.6f}\n" if scores else f"{s} {t}\n")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -320,6 +361,11 @@ def _evaluate_all(args, al, test: Path, retrievals: Sequence[str]) -> dict:
     for r in retrievals:
         _say(args, f"evaluating {r.upper()} on {test.name} …")
         out[r] = al.evaluate(d, retrieval=r, oov="wrong" if args.oov_wrong else "ignore")
+    first = out[retrievals[0]]
+    if first["coverage"] < 0.5:  # said even with -q: the figures above mean little
+        print(f"pyzsl: warning: {test}: only {first['n_queries']} of {first['n_source_words']} source "
+              f"words ({100 * first['coverage']:.1f}%) are in the source vocabulary (the wrong "
+              "direction, or a vocabulary cut by --max-vocab?)", file=sys.stderr, flush=True)
     return out
 
 
@@ -339,6 +385,7 @@ def cmd_align(args) -> int:
     _check_output(args.save_aligned, "--save-aligned", (".vec", ".vec.gz", ".txt", ".txt.gz", ".npy"))
     _check_output(args.save_alignment, "--save-alignment", (".npz",))
     _check_output(args.report, "--report")
+    _distinct_outputs(args)
 
     al = _fit(args, src, tgt, default, required=True)
     timings = dict(al.info.get("timings", {}))
@@ -346,8 +393,10 @@ def cmd_align(args) -> int:
                f"mapped in {timings.get('map', 0):.1f} s")
     td = al.info.get("train_dict")
     if td:
-        dr = td["dropped"]
-        _say(args, f"train dictionary: {td['pairs']} pairs used; {dr['pairs']} dropped as out of "
+        dr, sd = td["dropped"], al.info.get("seed", {})
+        used = (f"{sd['pairs']} of its {td['pairs']} in-vocabulary pairs used as the seed ({sd['kind']}, "
+                f"{sd['source_words']} source words)" if "source_words" in sd else f"{td['pairs']} pairs used")
+        _say(args, f"train dictionary: {used}; {dr['pairs']} dropped as out of "
                    f"vocabulary (source word missing: {dr['src_oov']}, target word missing: {dr['tgt_oov']})")
     retrievals = ["nn", "csls"] + (["isf"] if args.retrieval == "isf" else [])
     results = None
@@ -359,7 +408,8 @@ def cmd_align(args) -> int:
     if args.out_lexicon is not None:
         t0 = time.perf_counter()
         _say(args, f"lexicon ({args.retrieval.upper()}, {args.lexicon_k} per word) → {args.out_lexicon}")
-        _write_lexicon(args.out_lexicon, al.lexicon(args.retrieval, k=args.lexicon_k, progress=not args.quiet))
+        _write_lexicon(args.out_lexicon, al.lexicon(args.retrieval, k=args.lexicon_k, progress=not args.quiet),
+                       scores=not args.no_scores)
         timings["lexicon"] = time.perf_counter() - t0
         files["lexicon"] = str(args.out_lexicon)
     if args.save_mapping is not None:
@@ -396,7 +446,7 @@ def cmd_align(args) -> int:
     timings["total"] = time.perf_counter() - t_start
     if args.report is not None:
         _write_json(args.report, dict(command="bli align", src=str(src), tgt=str(tgt),
-                                      test_dict=str(test) if test else None, settings=_settings(args),
+                                      test_dict=str(test) if test else None, settings=_settings(args, al),
                                       alignment=al.info, results=results, timings=timings, files=files))
     print(f"\n{src.name} → {tgt.name}: {len(al.src)} × {len(al.tgt)} words, {al.info.get('method')}"
           f"{' + self-learning' if al.info.get('self_learning') else ''}")
@@ -413,9 +463,11 @@ def cmd_align(args) -> int:
     return 0
 
 
-def _settings(args) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k not in ("func", "group", "command") and not k.startswith("_")}
+def _settings(args, al) -> dict:
+    """The command line as parsed, with the normalisation actually applied."""
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+           if k not in ("func", "group", "command") and not k.startswith("_")}
+    return {**out, "normalize": al.normalize}
 
 
 def _read_words(args) -> list[str]:
@@ -485,7 +537,7 @@ def cmd_eval(args) -> int:
         if s.dim != t.dim:
             raise UsageError(f"SRC has {s.dim} dims, TGT {t.dim}: not one space; give --mapping or --train-dict")
         _say(args, "no mapping given: evaluating the two spaces as they are (already aligned)")
-        al = Alignment(s, t, LinearMap(torch.eye(s.dim)), args.normalize, knn=args.knn,
+        al = Alignment(s, t, LinearMap(torch.eye(s.dim)), args.normalize or "unit", knn=args.knn,
                        beta=args.beta, backend=args.backend, device=args.device,
                        info={"method": "identity (pre-aligned)"})
     retrievals = list(dict.fromkeys(args.retrieval))
@@ -493,7 +545,7 @@ def cmd_eval(args) -> int:
     elapsed = time.perf_counter() - t_start
     if args.report is not None:
         _write_json(args.report, dict(command="bli eval", src=str(al.src.source), tgt=str(al.tgt.source),
-                                      test_dict=str(test), settings=_settings(args), results=results,
+                                      test_dict=str(test), settings=_settings(args, al), results=results,
                                       seconds=elapsed))
     first = results[retrievals[0]]
     print(f"\n{Path(str(al.src.source)).name} → {Path(str(al.tgt.source)).name}, {test}: "

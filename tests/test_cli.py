@@ -138,9 +138,66 @@ def test_lower_applies_to_the_test_dictionary(toy, capsys):
     assert rc == 0 and "30 of 31 source words covered" in out, out
     assert Alignment.load(p / "a.npz").evaluate(p / "upper.txt")["n_queries"] == 30
     bad(["bli", "translate", "s1", "--alignment", p / "a.npz", "--max-vocab", "3"], capsys,
-        "--max-vocab and --lower do not apply")
+        "--max-vocab: not used with --alignment a.npz")
     rc, out, err = run(["bli", "translate", "S61", "--alignment", p / "a.npz"], capsys)
     assert rc == 0 and out.split()[:2] == ["s61", "t61"], out  # the query is lowercased as the words were
+
+
+def test_options_a_saved_map_does_not_use_are_refused(toy, capsys):
+    p = toy
+    rc, _, err = run(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt",
+                      "--save-alignment", p / "a.npz", "--save-mapping", p / "W.npy", "-q"], capsys)
+    assert rc == 0, err
+    test = ["--test-dict", p / "test.txt"]
+    bad(["bli", "eval", "--alignment", p / "a.npz", *test, "--knn", "1", "--method", "rcsls", "--self-learning"],
+        capsys, "--method, --self-learning, --knn: not used with --alignment a.npz")
+    bad(["bli", "eval", "--alignment", p / "a.npz", *test, "--normalize", "none"], capsys, "--normalize: not used")
+    bad(["bli", "eval", p / "src.vec", p / "tgt.vec.gz", "--mapping", p / "W.npy", *test, "--train-dict",
+         p / "train.txt"], capsys, "--train-dict: not used with --mapping W.npy (the map is given")
+    # with a bare map, the retrieval options do apply
+    rc, out, err = run(["bli", "eval", p / "src.vec", p / "tgt.vec.gz", "--mapping", p / "W.npy", *test,
+                        "--knn", "3", "--report", p / "r.json", "-q"], capsys)
+    assert rc == 0, err
+    rep = json.loads((p / "r.json").read_text())
+    assert rep["settings"]["knn"] == 3 and rep["settings"]["normalize"] == "unit,center,unit"
+
+
+def test_seed_n_is_the_first_n_pairs_and_outputs_do_not_collide(toy, capsys):
+    p = toy
+    rc, out, err = run(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt",
+                        "--seed", "7", "--self-learning", "--report", p / "r.json",
+                        "--out-lexicon", p / "l.txt", "--no-scores"], capsys)
+    assert rc == 0, err
+    seed = json.loads((p / "r.json").read_text())["alignment"]["seed"]
+    assert seed == {"kind": "first 7 pairs", "pairs": 7, "source_words": 7}
+    assert "7 of its 50 in-vocabulary pairs used as the seed" in err
+    lines = (p / "l.txt").read_text().splitlines()
+    assert lines[1] == "s1 t1"  # a MUSE dictionary: pyzsl and MUSE read it back
+    from pyzsl.bli import load_dictionary
+    assert len(load_dictionary(p / "l.txt")) == 80
+    bad(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt",
+         "--out-lexicon", p / "same.json", "--report", p / "same.json"], capsys,
+        "--report and --out-lexicon would both write")
+    bad(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt",
+         "--save-aligned", p / "c.vec", "--out-lexicon", p / "c.tgt.vec"], capsys,
+        "--save-aligned and --out-lexicon would both write")
+
+
+def test_eval_of_given_spaces_and_coverage_warning(toy, capsys, monkeypatch):
+    p = toy
+    # spaces given as aligned are compared by cosine alone (MUSE's evaluation), not re-centred
+    (p / "self.txt").write_text("s1 s1\ns2 s2\n")
+    rc, out, err = run(["bli", "eval", p / "src.vec", p / "src.vec", "--test-dict", p / "self.txt",
+                        "--report", p / "e.json", "-q"], capsys)
+    assert rc == 0 and "100.00" in out, (out, err)
+    assert json.loads((p / "e.json").read_text())["settings"]["normalize"] == "unit"
+    (p / "few.txt").write_text("s1 t1\nzz1 t1\nzz2 t1\nzz3 t1\n")
+    rc, out, err = run(["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt",
+                        "--test-dict", p / "few.txt", "--oov-wrong", "-q"], capsys)
+    assert rc == 0 and "only 1 of 4 source words (25.0%)" in err
+    assert out.splitlines()[-2].split()[-1] == "4"  # P@k over all 4 words with --oov-wrong
+    monkeypatch.setenv("PYZSL_DATA", str(p / "nope"))
+    bad(["bli", "align"], capsys, "PYZSL_DATA=")
 
 
 def test_default_run(capsys, monkeypatch):

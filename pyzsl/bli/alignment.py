@@ -278,7 +278,8 @@ def align(
     Supervision (one of):
 
     - ``train_dict``: a dictionary (path, :class:`Dictionary` or word pairs); with an int
-      ``seed=N``, only its first N source words (a small seed, e.g. 50);
+      ``seed=N``, only its first N pairs in file order, among those in the vocabularies (a
+      small seed: the "50 seed pairs" protocol);
     - ``seed="identical"`` / ``"numerals"``: identical strings / numerals as the dictionary;
     - nothing, with ``self_learning=True``: fully unsupervised (similarity-distribution
       initialisation, Artetxe et al., 2018).
@@ -286,7 +287,9 @@ def align(
     ``method``: ``"procrustes"`` (orthogonal; ``method_options`` e.g. VecMap's whitening) or
     ``"rcsls"`` (Joulin et al., 2018). ``self_learning``: iterate mapping ↔ CSLS dictionary
     induction from that start (its model selection uses no test data).
-    ``knn``/``beta``: CSLS neighbourhood and inverted-softmax temperature used later.
+    ``knn``: the CSLS neighbourhood, of the retrieval and of self-learning's induction and
+    RCSLS's criterion (unless their options say otherwise); ``beta``: the inverted-softmax
+    temperature of the retrieval.
     """
     if method not in MAPPING_METHODS:
         raise ValueError(f"method: expected one of {MAPPING_METHODS}, got {method!r}")
@@ -297,7 +300,7 @@ def align(
     if isinstance(seed, bool) or (seed is not None and not isinstance(seed, (str, int))):
         raise TypeError(f"seed: expected a string or an int, got {type(seed).__name__}")
     if isinstance(seed, int) and (train_dict is None or seed < 1):
-        raise ValueError("seed=N (an int) takes the first N source words of train_dict: "
+        raise ValueError("seed=N (an int) takes the first N pairs of train_dict: "
                          "pass train_dict and N >= 1")
     if isinstance(seed, str) and train_dict is not None:
         raise ValueError(f"pass either train_dict or seed={seed!r}, not both")
@@ -319,8 +322,10 @@ def align(
         d = as_dictionary(train_dict, s, t, lower)
         info["train_dict"] = dict(path=d.path, pairs=len(d), dropped=d.dropped)
         if isinstance(seed, int):
-            d = d.head(seed)
-            info["seed"] = dict(kind=f"first {seed} source words", pairs=len(d))
+            if seed > len(d):
+                log.warning("seed=%d but train_dict has %d pairs in the vocabularies: all are used", seed, len(d))
+            d = d.first(seed)
+            info["seed"] = dict(kind=f"first {seed} pairs", pairs=len(d), source_words=len(d.source_words()))
         if not d.pairs:
             raise ValueError(f"train_dict {d.path or ''}: no pair has both words in the vocabularies")
     elif seed is not None:
@@ -342,15 +347,16 @@ def align(
 
         res = _self_learning(X, Z, pairs if pairs is not None else "unsupervised",
                              src_words=s.words, tgt_words=t.words, backend=backend,
-                             device=dev, progress=progress, **(self_learning_options or {}))
+                             device=dev, progress=progress,
+                             **{"csls_knn": knn, **(self_learning_options or {})})
         mapping = res.mapping
         info["self_learning_result"] = dict(objective=res.objective, iterations=res.n_iter,
                                      converged=res.converged, induced_pairs=int(res.dictionary.shape[0]),
                                      history=res.history)
         if method == "rcsls":  # RCSLS refit on the dictionary that self-learning selected
-            mapping = _rcsls(X, Z, res.dictionary, backend, progress, opts, info)
+            mapping = _rcsls(X, Z, res.dictionary, backend, progress, {"knn": knn, **opts}, info)
     elif method == "rcsls":
-        mapping = _rcsls(X, Z, pairs, backend, progress, opts, info)
+        mapping = _rcsls(X, Z, pairs, backend, progress, {"knn": knn, **opts}, info)
     else:
         mapping = procrustes(X, Z, pairs, **opts) if opts else _orthogonal_procrustes(X, Z, pairs)
     timings["map"] = time.perf_counter() - t0

@@ -78,6 +78,11 @@ class Dictionary:
             out.setdefault(s, []).append(t)
         return out
 
+    def first(self, n_pairs: int) -> "Dictionary":
+        """The first ``n_pairs`` pairs in file order (the "50 seed pairs" protocol: a file's
+        first 50 lines, its most frequent source words)."""
+        return Dictionary(self.pairs[:n_pairs], self.path)
+
     def head(self, n_source_words: int) -> "Dictionary":
         """The pairs of the first ``n_source_words`` source words (e.g. a 50-word seed)."""
         keep = set(self.source_words()[:n_source_words])

@@ -507,7 +507,13 @@ def default_data_dir() -> Path:
     package, else the checkout's ``data/`` next to the package, else ``./data``."""
     here = Path(__file__).resolve().parent.parent  # the pyzsl package
     env = os.environ.get("PYZSL_DATA")
-    candidates = ([Path(env)] if env else []) + [here / "data", here.parent / "data", Path.cwd() / "data"]
+    if env:  # given: it must hold the data, not be passed over for another copy
+        missing = [f for f in DEFAULT_FILES.values() if not (Path(env) / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"PYZSL_DATA={env} lacks {', '.join(missing)} (build it with "
+                                    "tools/build_default_data.py, or unset PYZSL_DATA)")
+        return Path(env)
+    candidates = [here / "data", here.parent / "data", Path.cwd() / "data"]
     for c in candidates:
         if all((c / f).is_file() for f in DEFAULT_FILES.values()):
             return c
