@@ -28,9 +28,13 @@ def tasks(n: int = 3, k: int = 4, q: int = 6, seed: int = 1, dtype: torch.dtype 
 
 
 def reference_meta_grad(model: nn.Module, sx, sy, qx, qy, lr: float, steps: int,
-                        first_order: bool) -> list[torch.Tensor]:
-    """The textbook loop on plain tensors: explicit forward, autograd.grad(create_graph=True)."""
+                        first_order: bool, adapted: list[int] | None = None) -> list[torch.Tensor]:
+    """The textbook loop on plain tensors: explicit forward, autograd.grad(create_graph=True).
+
+    ``adapted``: indices (in ``model.parameters()`` order) of the tensors the inner loop adapts
+    (default all); the others enter the support and query losses unadapted (ANIL)."""
     theta = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    idx = list(range(len(theta))) if adapted is None else adapted
 
     def fwd(ps, x):
         h = torch.tanh(x @ ps[0].T + ps[1])
@@ -41,12 +45,15 @@ def reference_meta_grad(model: nn.Module, sx, sy, qx, qy, lr: float, steps: int,
     for t in range(sx.shape[0]):
         ps = list(theta)
         for _ in range(steps):
-            if first_order:
+            if first_order:  # every input of the inner gradient detached, the fixed ones too
                 at = [p.detach().requires_grad_(True) for p in ps]
-                g = torch.autograd.grad(F.mse_loss(fwd(at, sx[t]), sy[t]), at)
+                g = torch.autograd.grad(F.mse_loss(fwd(at, sx[t]), sy[t]), [at[i] for i in idx])
             else:
-                g = torch.autograd.grad(F.mse_loss(fwd(ps, sx[t]), sy[t]), ps, create_graph=True)
-            ps = [p - lr * gi for p, gi in zip(ps, g)]
+                g = torch.autograd.grad(F.mse_loss(fwd(ps, sx[t]), sy[t]), [ps[i] for i in idx],
+                                        create_graph=True)
+            ps = list(ps)
+            for i, gi in zip(idx, g):
+                ps[i] = ps[i] - lr * gi
         total = total + F.mse_loss(fwd(ps, qx[t]), qy[t])
     return list(torch.autograd.grad(total / sx.shape[0], theta))
 
@@ -188,6 +195,69 @@ def test_adapt_params_keeps_others_fixed_in_inner_loop():
     assert model[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="adapt_params"):
         MAML(model, 0.3, adapt_params=["nope"])
+
+
+def flat(ts) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_partial_adaptation_meta_gradient_matches_reference(first_order):
+    # ANIL: only the last Linear ("4") is adapted, the encoder is meta-learned by the outer step.
+    # Guards the vmap path's handling of the non-adapted parameters: second order must keep the
+    # encoder inside the inner gradient's graph (its d g / d encoder term), first order must
+    # detach it too (no second-order leak), and task_gradients must not drop their columns.
+    batch = tasks()
+    want = flat(reference_meta_grad(tiny_net(), *batch, 0.3, 2, first_order, adapted=[4, 5]))
+    if not first_order:  # the encoder's second-order term is not negligible here
+        fo = flat(reference_meta_grad(tiny_net(), *batch, 0.3, 2, True, adapted=[4, 5]))
+        assert float((fo - want).norm() / want.norm()) > 1e-2
+    got = {}
+    for vectorize in (True, False):
+        model = tiny_net()
+        maml = MAML(model, 0.3, 2, first_order, adapt_params=["4"], loss_fn=F.mse_loss,
+                    vectorize=vectorize)
+        maml(*batch).backward()
+        got[vectorize] = flat(p.grad for p in model.parameters())
+        assert torch.allclose(got[vectorize], want, rtol=0, atol=1e-12), vectorize
+        # the per-task rows average to the same meta-gradient, encoder columns included
+        _, G = maml.task_gradients(*batch)
+        assert torch.allclose(G.mean(0), got[vectorize], rtol=0, atol=1e-12), vectorize
+    assert torch.allclose(got[True], got[False], rtol=0, atol=1e-12)
+
+
+def test_sum_reduction_is_tasks_times_mean():
+    # reduction="sum" is the sum over the T tasks, not their mean
+    model, batch = tiny_net(), tasks(n=3)
+    for vectorize in (True, False):
+        each = maml_loss(model, *batch, F.mse_loss, 0.3, 2, vectorize=vectorize, reduction="none")
+        mean = maml_loss(model, *batch, F.mse_loss, 0.3, 2, vectorize=vectorize)
+        total = maml_loss(model, *batch, F.mse_loss, 0.3, 2, vectorize=vectorize, reduction="sum")
+        assert each.shape == (3,)
+        assert total.item() == pytest.approx(3 * mean.item(), rel=1e-12)
+        assert total.item() == pytest.approx(each.detach().sum().item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_adapt_inner_steps_override(vectorize):
+    # adapt(inner_steps=k) takes k steps whatever MAML's own inner_steps (here 1)
+    model, batch = tiny_net(), tasks()
+    maml = MAML(model, 0.3, 1, loss_fn=F.mse_loss, vectorize=vectorize)
+    names = [k for k, _ in model.named_parameters()]
+    zero = maml.adapt(batch[0], batch[1], inner_steps=0)
+    for k, v in model.named_parameters():
+        assert zero[k].shape == (3, *v.shape) and torch.equal(zero[k], v.detach().expand_as(zero[k]))
+    got = maml.adapt(batch[0], batch[1], inner_steps=3)
+    for t in range(3):  # reference: three explicit SGD steps on a copy of the model
+        m = tiny_net()
+        m.load_state_dict(model.state_dict())
+        opt = torch.optim.SGD(m.parameters(), lr=0.3)
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(m(batch[0][t]), batch[1][t]).backward()
+            opt.step()
+        for k, v in zip(names, m.parameters()):
+            assert torch.allclose(got[k][t], v, rtol=0, atol=1e-12), (k, t)
 
 
 def test_vmap_and_loop_predictions_agree():
@@ -405,8 +475,7 @@ def test_trainer_aggregator_interface(tmp_path):
 
 
 def test_trainer_with_mtl_pcgrad(tmp_path):
-    aggregators = pytest.importorskip("pyzsl.mtl.aggregators",
-                                      reason="pyzsl.mtl (issue 4) is not in this tree")
+    from pyzsl.mtl import aggregators
     from pyzsl.ops import _reference
 
     T = 4
