@@ -7,6 +7,7 @@ import torch
 
 from pyzsl.zsl import (
     ESZSL,
+    CalibrationCurve,
     CosineZSL,
     ZeroShotClassifier,
     calibration_curve,
@@ -291,6 +292,85 @@ def test_calibration_with_candidates_without_unseen_classes(gzsl_setup):
     unseen = np.arange(20, 30)
     with pytest.raises(ValueError, match=r"y_unseen: \d+ labels but X has 1 rows"):
         calibration_curve(m, T, X[held], y[held], X[te_u][:1], y[te_u], candidates=unseen)
+
+
+def _exact_tie_setup(dtype, device, seed=0):
+    """A model whose scores are the inputs themselves (T = I, no normalisation): every score, and so
+    every breakpoint s₁ − s₂, is a small integer, exact in float32 and float64. Seen classes
+    {0, 3, 4} interleave the unseen {1, 2, 5}, so the best seen class is sometimes the smaller index
+    and sometimes the larger one."""
+    seen, unseen = np.array([0, 3, 4]), np.array([1, 2, 5])
+    T = np.eye(6)
+    m = CosineZSL(normalize_inputs=False, normalize_classes=False, dtype=dtype, device=device)
+    m.fit(np.ones((3, 6)), seen, T)
+    g = np.random.default_rng(seed)
+    rows = []
+    for j1 in seen:
+        for j2 in unseen:
+            for d in (-1, 0, 1, 2):
+                s2 = int(g.integers(-2, 3))
+                x = np.full(6, -10.0)
+                x[j1], x[j2] = s2 + d, s2
+                rows.append((x, j1, j2))
+    # an uneven random subset: a flipped tie rule cannot cancel out in the per-class means
+    keep = g.permutation(len(rows))
+    xs = [rows[i] for i in keep[:28]]
+    xu = [rows[i] for i in keep[8:]]
+    Xs, ys = np.array([r[0] for r in xs]), np.array([r[1] for r in xs])
+    Xu, yu = np.array([r[0] for r in xu]), np.array([r[2] for r in xu])
+    return m, T, Xs, ys, Xu, yu, seen
+
+
+def _stacking_by_hand(X, seen, gamma, ties_to="smaller"):
+    """argmax of x − γ·[seen], ties to the smaller class index (np.argmax) or to the larger one."""
+    S = X - gamma * np.isin(np.arange(X.shape[1]), seen)
+    return S.argmax(1) if ties_to == "smaller" else S.shape[1] - 1 - S[:, ::-1].argmax(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_calibration_curve_exact_ties_follow_the_kernel(dtype, device):
+    # At γ = s₁ − s₂ exactly the seen and unseen winners tie; predict gives the smaller index, and
+    # the curve must too (guards `seen_tie = j1 < j2` and the searchsorted side per tie group).
+    m, T, Xs, ys, Xu, yu, seen = _exact_tie_setup(dtype, device)
+    g = np.array([-1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5])   # every breakpoint and its neighbours
+    c = calibration_curve(m, T, Xs, ys, Xu, yu, penalties=g)
+    np.testing.assert_array_equal(c.penalties, g)
+    flips = 0
+    for i, p in enumerate(g):
+        S = per_class_accuracy(ys, _stacking_by_hand(Xs, seen, p))
+        U = per_class_accuracy(yu, _stacking_by_hand(Xu, seen, p))
+        r = evaluate_gzsl(m, T, Xs, ys, Xu, yu, seen_penalty=p)
+        assert (r.seen, r.unseen) == pytest.approx((S, U), abs=1e-12), p      # the kernel's rule
+        assert (c.seen[i], c.unseen[i]) == pytest.approx((S, U), abs=1e-12), p
+        assert c.H[i] == pytest.approx(harmonic_mean(S, U), abs=1e-12)
+        # the data do exercise ties: at each breakpoint, ties to the larger index score otherwise
+        big = (per_class_accuracy(ys, _stacking_by_hand(Xs, seen, p, "larger")),
+               per_class_accuracy(yu, _stacking_by_hand(Xu, seen, p, "larger")))
+        flips += big != (S, U)
+    assert flips == 4  # γ = −1, 0, 1, 2
+
+
+def test_calibration_curve_sorts_a_user_grid(device):
+    # An unsorted grid comes back sorted, with S/U/H at each of its penalties.
+    m, T, Xs, ys, Xu, yu, seen = _exact_tie_setup(torch.float64, device, seed=1)
+    g = np.array([2, -1, 0.5, 0, 2.5, -1.5, 1, -0.5, 1.5])
+    c = calibration_curve(m, T, Xs, ys, Xu, yu, penalties=g)
+    np.testing.assert_array_equal(c.penalties, np.sort(g))
+    for i, p in enumerate(np.sort(g)):
+        r = evaluate_gzsl(m, T, Xs, ys, Xu, yu, seen_penalty=p)
+        assert (c.seen[i], c.unseen[i], c.H[i]) == pytest.approx((r.seen, r.unseen, r.H), abs=1e-12), p
+
+
+def test_calibration_curve_best_prefers_the_smallest_penalty_among_ties():
+    # Among equal H, best() returns the γ of smallest |γ| (neither the first nor the last tie).
+    g = np.array([-2.0, -0.5, 0.25, 1.0, 3.0])
+    h = np.array([0.8, 0.3, 0.8, 0.5, 0.8])
+    c = CalibrationCurve(g, h, h, h)
+    assert c.best() == (0.25, 2)
+    # |γ|, not γ: −0.1 beats −3 and 0.2
+    g = np.array([-3.0, -0.1, 0.2, 2.0])
+    h = np.array([0.7, 0.7, 0.7, 0.1])
+    assert CalibrationCurve(g, h, h, h).best() == (-0.1, 1)
 
 
 # --------------------------------------------------------------------------- CSLS hubness correction
