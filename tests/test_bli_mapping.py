@@ -1,4 +1,5 @@
 """pyzsl.bli mapping methods: normalize, procrustes (+ VecMap steps), rcsls, self_learning."""
+import importlib
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ from pyzsl.bli.procrustes import VECMAP_SUPERVISED, LinearMap, orthogonal_procru
 from pyzsl.bli.rcsls import rcsls, rcsls_objective
 from pyzsl.bli.self_learning import (_best_excluded_bound, induce_dictionary, self_learning,
                                      unsupervised_seed)
+sl_module = importlib.import_module("pyzsl.bli.self_learning")  # pyzsl.bli.self_learning is also the function
 
 
 def _rotation(d, g, dtype=torch.float64):
@@ -152,25 +154,32 @@ def test_procrustes_bad_inputs():
 
 
 # ---------------------------------------------------------------------------- induction
-def _dense_induction(xw, zw, knn):
+def _dense_induction(xw, zw, knn, direction="union"):
     S = xw @ zw.T
     rs = S.topk(knn, 1).values.mean(1)
     rt = S.topk(knn, 0).values.mean(0)
     C = 2 * S - rs[:, None] - rt[None, :]
     n, m = S.shape
-    fwd = torch.stack([torch.arange(n), C.argmax(1)], 1)
-    bwd = torch.stack([C.argmax(0), torch.arange(m)], 1)
+    f, b = C.argmax(1), C.argmax(0)
+    fwd = torch.stack([torch.arange(n), f], 1)
+    bwd = torch.stack([b, torch.arange(m)], 1)
     obj = (C.max(1).values.mean() + C.max(0).values.mean()) / 2
-    return torch.cat([fwd, bwd]), float(obj)
+    pairs = {"forward": fwd, "backward": bwd, "union": torch.cat([fwd, bwd]),
+             "intersection": fwd[b[f] == torch.arange(n)]}[direction]  # mutual nearest neighbours
+    return pairs, float(obj)
 
 
+# every direction (a wrong intersection, e.g. all forward pairs, went unnoticed with union alone)
+@pytest.mark.parametrize("direction", ["forward", "backward", "union", "intersection"])
 @pytest.mark.parametrize("n,m,cand,knn", [(120, 97, 1, 1), (120, 97, 4, 3), (61, 150, 11, 3), (40, 40, 64, 3)])
-def test_induction_is_exact_csls(n, m, cand, knn):
+def test_induction_is_exact_csls(n, m, cand, knn, direction):
     g = torch.Generator().manual_seed(n + m)
     xw = normalize(torch.randn(n, 8, generator=g, dtype=torch.float64))
     zw = normalize(torch.randn(m, 8, generator=g, dtype=torch.float64))
-    ind = induce_dictionary(xw, zw, csls_knn=knn, n_candidates=cand, backend="torch")
-    ref, obj = _dense_induction(xw, zw, knn)
+    ind = induce_dictionary(xw, zw, csls_knn=knn, n_candidates=cand, direction=direction, backend="torch")
+    ref, obj = _dense_induction(xw, zw, knn, direction)
+    if direction == "intersection":
+        assert 0 < len(ref) < min(n, m)  # a proper subset: neither empty nor every forward pair
     assert torch.equal(ind.best_pairs, ref)
     assert torch.equal(ind.pairs, ref)
     assert math.isclose(ind.objective, obj, rel_tol=1e-9)
@@ -194,6 +203,26 @@ def test_stochastic_induction_changes_the_dictionary():
     assert torch.equal(drop.best_pairs, full.best_pairs)  # the objective's pairs stay exact
     assert drop.objective == full.objective
     assert not torch.equal(drop.pairs, full.pairs)
+
+
+@pytest.mark.parametrize("keep_prob", [0.2, 0.9])
+def test_stochastic_induction_drops_at_the_keep_rate(keep_prob):
+    """Every target is a candidate of every source (n_candidates >= m), so a source row's pair
+    changes exactly when its best target is dropped and another of its m is kept:
+    P = (1 - p)(1 - (1 - p)^(m - 1)). Guards an inverted keep mask (keeping 1 - p)."""
+    n, m = 2000, 40
+    g = torch.Generator().manual_seed(21)
+    xw = normalize(torch.randn(n, 6, generator=g, dtype=torch.float64))
+    zw = normalize(torch.randn(m, 6, generator=g, dtype=torch.float64))
+    ind = induce_dictionary(xw, zw, csls_knn=3, direction="forward", keep_prob=keep_prob,
+                            n_candidates=m, backend="torch", generator=torch.Generator().manual_seed(3))
+    ref, _ = _dense_induction(xw, zw, 3, "forward")
+    assert torch.equal(ind.best_pairs, ref)
+    changed = float((ind.pairs[:, 1] != ref[:, 1]).double().mean())
+    q = 1 - keep_prob
+    expected = q * (1 - q ** (m - 1))
+    tol = 5 * math.sqrt(expected * (1 - expected) / n)  # 5 binomial standard deviations
+    assert abs(changed - expected) < tol, (changed, expected, tol)
 
 
 # ---------------------------------------------------------------------------- self-learning
@@ -262,6 +291,120 @@ def test_self_learning_seeds_from_words():
         self_learning(X, Z, "numerals", src_words=src, tgt_words=tgt, progress=False)
 
 
+def _recording(monkeypatch, name):
+    """Replace ``sl_module.<name>`` by a wrapper that records each call's (args, kwargs)."""
+    calls, fn = [], getattr(sl_module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(sl_module, name, wrapper)
+    return calls
+
+
+def _pair_set(pairs):
+    return {tuple(p) for p in torch.as_tensor(pairs).tolist()}
+
+
+def test_self_learning_keeps_given_seed_pairs(monkeypatch):
+    """keep_seed (default for pairs): the seed is added to every induced dictionary and to the
+    final one, even its wrong pairs; keep_seed=False lets the induction drop them."""
+    X, Z, _, truth = _isometric_pair(120, 6, 0.0, seed=13, dtype=torch.float64)
+    wrong = torch.tensor([[truth[0, 0], truth[1, 1]], [truth[2, 0], truth[3, 1]]])
+    seed = torch.cat([truth[:30], wrong])
+    fits = _recording(monkeypatch, "procrustes")
+    res = self_learning(X, Z, seed, csls_knn=3, direction="forward", progress=False,
+                        backend="torch", max_iter=4)
+    assert len(fits) == res.n_iter + 1 >= 3  # one fit per iteration, then the final one
+    # the loop's fits after the first: induced (n forward pairs) + seed
+    for args, _ in fits[1:-1]:
+        assert len(args[2]) == 120 + len(seed) and _pair_set(seed) <= _pair_set(args[2])
+    assert res.dictionary.shape == (120 + len(seed), 2)  # the final dictionary too
+    assert _pair_set(seed) <= _pair_set(res.dictionary)
+    assert _pair_set(fits[-1][0][2]) == _pair_set(res.dictionary)
+
+    fits.clear()
+    res = self_learning(X, Z, seed, csls_knn=3, direction="forward", progress=False,
+                        backend="torch", max_iter=4, keep_seed=False)
+    assert res.dictionary.shape == (120, 2)
+    assert not _pair_set(wrong) & _pair_set(res.dictionary)  # the wrong seed pairs are gone
+    assert all(len(args[2]) == 120 for args, _ in fits[1:])
+    assert torch.equal(res.dictionary, truth)  # the 30 true pairs sufficed
+
+
+def test_self_learning_does_not_keep_heuristic_seeds():
+    """"identical" / "unsupervised" seeds are not kept by default: their wrong pairs would stay."""
+    X, Z, _, truth = _isometric_pair(60, 4, 0.0, seed=9, dtype=torch.float64)
+    src = [f"w{i}" for i in range(60)]
+    tgt = [f"v{i}" for i in range(60)]
+    for i in range(8):  # eight true pairs spelled the same, and one wrong one
+        tgt[truth[i, 1]] = src[truth[i, 0]]
+    tgt[truth[8, 1]] = src[truth[9, 0]]
+    res = self_learning(X, Z, "identical", src_words=src, tgt_words=tgt, direction="forward",
+                        progress=False, backend="torch", csls_knn=3, max_iter=4)
+    assert (int(truth[9, 0]), int(truth[8, 1])) in _pair_set(res.seed)
+    assert res.dictionary.shape == (60, 2)  # forward pairs only, no seed appended
+    assert torch.equal(res.dictionary, truth)
+    res = self_learning(X, Z, "unsupervised", unsupervised_vocab=60, progress=False,
+                        backend="torch", csls_knn=3, max_iter=2)
+    assert len(res.seed) == 120 and res.dictionary.shape == (120, 2)  # union of 60 + 60
+
+
+def test_self_learning_stops_patience_iterations_after_the_last_gain():
+    """Exact isometry, identity correspondence, csls_knn = n_candidates = 1: every induction
+    (stochastic or not, at any cutoff) is the true dictionary, every objective the same (0).
+    So: the first iteration gains (from nothing), the loop stalls ``stochastic_interval``
+    iterations later, raises keep_prob to 1 with a larger cutoff, whose first objective is a gain
+    again (objectives of different cutoffs are not compared), and ends ``patience`` after it."""
+    g = torch.Generator().manual_seed(14)
+    X = normalize(torch.randn(300, 8, generator=g, dtype=torch.float64))
+    Z = X @ _rotation(8, g)
+    truth = torch.stack([torch.arange(300)] * 2, 1)
+    kw = dict(csls_knn=1, n_candidates=1, progress=False, backend="torch", max_iter=30)
+    for patience in (2, 3):
+        res = self_learning(X, Z, truth[:40], patience=patience, **kw)
+        assert res.converged and res.n_iter == 1 + patience  # guards `>` for `>=`
+        assert all(abs(h["objective"]) < 1e-9 for h in res.history)
+    res = self_learning(X, Z, truth[:40], keep_prob=0.5, stochastic_cutoff=100, vocab_cutoff=300,
+                        stochastic_interval=2, patience=2, **kw)
+    # guards keeping best_obj across the cutoff change (would end one iteration early)
+    assert [(h["keep_prob"], h["cutoff"]) for h in res.history] == [(0.5, 100)] * 3 + [(1.0, 300)] * 3
+    assert res.converged and torch.equal(res.dictionary[:300], truth)
+
+
+def test_self_learning_default_direction(monkeypatch):
+    """Default direction: mutual nearest neighbours ("intersection") at keep_prob 1, "union" for
+    a stochastic start (VecMap)."""
+    X, Z, _, truth = _isometric_pair(80, 6, 0.0, seed=15, dtype=torch.float64)
+    calls = _recording(monkeypatch, "induce_dictionary")
+    self_learning(X, Z, truth[:20], progress=False, backend="torch", csls_knn=3, max_iter=3)
+    assert calls and {kw["direction"] for _, kw in calls} == {"intersection"}
+    calls.clear()
+    self_learning(X, Z, truth[:20], keep_prob=0.5, progress=False, backend="torch", csls_knn=3, max_iter=2)
+    assert calls[0][1]["direction"] == "union"
+    calls.clear()
+    self_learning(X, Z, truth[:20], direction="forward", progress=False, backend="torch", csls_knn=3, max_iter=2)
+    assert {kw["direction"] for _, kw in calls} == {"forward"}
+
+
+def test_self_learning_final_options():
+    """final_options: the last fit uses them (VecMap's whitening etc.), on the selected dictionary;
+    None keeps the orthogonal map of that dictionary."""
+    X, Z, _, truth = _isometric_pair(150, 6, 0.3, seed=16, dtype=torch.float64)
+    kw = dict(csls_knn=3, progress=False, backend="torch", max_iter=5)
+    plain = self_learning(X, Z, truth[:60], **kw)
+    assert plain.mapping.tgt is None
+    torch.testing.assert_close(plain.mapping.src, procrustes(X, Z, plain.dictionary).src)
+    res = self_learning(X, Z, truth[:60], final_options=VECMAP_SUPERVISED, **kw)
+    assert torch.equal(res.dictionary, plain.dictionary)
+    ref = procrustes(X, Z, res.dictionary, **VECMAP_SUPERVISED)
+    assert res.mapping.tgt is not None
+    torch.testing.assert_close(res.mapping.src, ref.src)
+    torch.testing.assert_close(res.mapping.tgt, ref.tgt)
+    assert not torch.allclose(res.mapping.map_src(X), plain.mapping.map_src(X), atol=1e-3)
+
+
 def test_self_learning_bad_inputs():
     X, Z = torch.randn(10, 4), torch.randn(12, 4)
     with pytest.raises(ValueError, match="seed is required"):
@@ -293,6 +436,33 @@ def test_unsupervised_seed_directions():
     both = {tuple(p) for p in fwd.tolist()} & {tuple(p) for p in bwd.tolist()}
     assert {tuple(p) for p in mutual.tolist()} == both and 0 < len(mutual) < len(fwd)
     assert len(unsupervised_seed(X, Z, vocab=120, csls_knn=5)) == 2 * len(fwd)  # union
+
+
+def _dense_unsupervised_seed(X, Z, knn):
+    """Artetxe et al. (2018 ACL) section 3.2, densely: sqrt(M M^T) by eigendecomposition, rows
+    sorted, unit/center/unit, then CSLS with both r-terms; union of both directions' argmax."""
+    def profile(M):
+        ev, V = torch.linalg.eigh(M.double() @ M.double().T)
+        P = (V * ev.clamp_min(0).sqrt()) @ V.T
+        P = P.sort(1, descending=True).values  # the same order on both sides: any order works
+        P = P / P.norm(dim=1, keepdim=True)
+        P = P - P.mean(0)
+        return P / P.norm(dim=1, keepdim=True)
+
+    S = profile(X) @ profile(Z).T
+    C = S - S.topk(knn, 1).values.mean(1)[:, None] / 2 - S.topk(knn, 0).values.mean(0)[None, :] / 2
+    n = S.shape[0]
+    return torch.cat([torch.stack([torch.arange(n), C.argmax(1)], 1),
+                      torch.stack([C.argmax(0), torch.arange(n)], 1)])
+
+
+def test_unsupervised_seed_matches_dense_reference():
+    # guards the CSLS terms (r_f and r_b) and the square root of the similarities
+    X, Z, _, _ = _isometric_pair(70, 9, 0.5, seed=17, dtype=torch.float64)
+    X, Z = torch.cat([X, torch.randn(10, 9, dtype=torch.float64)]), torch.cat([Z, torch.randn(5, 9, dtype=torch.float64)])
+    got = unsupervised_seed(X, Z, vocab=70, csls_knn=4)
+    ref = _dense_unsupervised_seed(X[:70], Z[:70], 4)
+    assert torch.equal(got, ref)
 
 
 def test_self_learning_selects_in_the_full_target_cutoff_too():
