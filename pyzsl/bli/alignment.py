@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzsl.bli.dictionary import as_dictionary, build_seed, load_dictionary
+from pyzsl.bli.dictionary import Dictionary, as_dictionary, build_seed, load_dictionary
 from pyzsl.bli.evaluate import evaluate as _evaluate
 from pyzsl.bli.io import Embeddings, _atomic_target, load_embeddings
 from pyzsl.bli.normalize import normalize as _normalize
@@ -255,9 +255,9 @@ def _orthogonal_procrustes(X: Tensor, Z: Tensor, pairs: Tensor) -> LinearMap:
 
 
 def align(
-    src,
-    tgt,
-    train_dict=None,
+    src: str | os.PathLike | Embeddings,
+    tgt: str | os.PathLike | Embeddings,
+    train_dict: str | os.PathLike | Dictionary | Sequence[tuple[str, str]] | None = None,
     seed: str | int | None = None,
     method: str = "procrustes",
     self_learning: bool = False,

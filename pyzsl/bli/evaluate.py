@@ -13,10 +13,14 @@ every target word over the whole source space dominates (one |tgt| × |src| top-
 """
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import TYPE_CHECKING, Sequence
 
-from pyzsl.bli.dictionary import as_dictionary
-from pyzsl.bli.retrieval import METHODS, Retriever
+from pyzsl.bli.dictionary import Dictionary, as_dictionary
+from pyzsl.bli.retrieval import METHODS, Matrix, Retriever
+
+if TYPE_CHECKING:
+    from pyzsl.bli.io import Embeddings
 
 OOV = ("ignore", "wrong")
 
@@ -34,9 +38,9 @@ def _matrix_of(x):
 
 
 def evaluate(
-    X,
-    Z,
-    dictionary,
+    X: "Embeddings | Matrix",
+    Z: "Embeddings | Matrix",
+    dictionary: "str | os.PathLike | Dictionary | Sequence[tuple[str, str]]",
     *,
     src_words: Sequence[str] | None = None,
     tgt_words: Sequence[str] | None = None,

@@ -66,7 +66,7 @@ def _as_tensor(X, name: str = "X") -> Tensor:
     return X
 
 
-def normalize(X, steps: str | Sequence[str] | None = "unit,center,unit") -> Tensor:
+def normalize(X: "Tensor | np.ndarray", steps: str | Sequence[str] | None = "unit,center,unit") -> Tensor:
     """Return a normalised copy of the embedding matrix ``X`` (n × d).
 
     ``X`` may be a torch tensor or a numpy array; the result is a torch tensor of the same

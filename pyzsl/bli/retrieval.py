@@ -34,11 +34,14 @@ of several targets tied exactly at the k-th score is returned may differ between
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+#: a matrix argument: a torch tensor, or a numpy array read without a copy
+Matrix = Union[Tensor, np.ndarray]
 
 BACKENDS = ("auto", "pyzsl", "faiss", "torch")
 METHODS = ("nn", "csls", "isf")
@@ -134,7 +137,7 @@ def _chunk_rows(n_cols: int, elem: int, chunk_bytes: int) -> int:
 
 # --------------------------------------------------------------------------- core top-k
 
-def topk(Q, T, k: int, bias: Tensor | None = None, *, backend: str = "auto",
+def topk(Q: Matrix, T: Matrix, k: int, bias: Tensor | None = None, *, backend: str = "auto",
          chunk_bytes: int = _CHUNK_BYTES) -> tuple[Tensor, Tensor]:
     """Top-``k`` of ``Q @ T.T + bias`` per row: ``(values, indices)``, both B × k.
 
@@ -206,7 +209,7 @@ def _faiss_topk(Q: Tensor, T: Tensor, k: int, bias: Tensor | None):
 
 # --------------------------------------------------------------------------- r-terms, ISF
 
-def knn_mean(A, B, knn: int = 10, *, backend: str = "auto", chunk_bytes: int = _CHUNK_BYTES) -> Tensor:
+def knn_mean(A: Matrix, B: Matrix, knn: int = 10, *, backend: str = "auto", chunk_bytes: int = _CHUNK_BYTES) -> Tensor:
     """For each row of A: the mean of its ``knn`` largest inner products with the rows of B
     (CSLS's r-term; rows should be unit length). ``knn`` is clipped to len(B)."""
     _check_knn(knn)
@@ -216,7 +219,7 @@ def knn_mean(A, B, knn: int = 10, *, backend: str = "auto", chunk_bytes: int = _
     return v.mean(dim=1)
 
 
-def log_sum_exp_over(T, S, beta: float, *, chunk_bytes: int = _CHUNK_BYTES) -> Tensor:
+def log_sum_exp_over(T: Matrix, S: Matrix, beta: float, *, chunk_bytes: int = _CHUNK_BYTES) -> Tensor:
     """For each row t of T: ``log Σ_{s ∈ S} exp(β ⟨s, t⟩)`` (the inverted softmax's
     normaliser), one chunked matmul pass: memory ``chunk_bytes`` of scores."""
     T = _as_matrix(T, "T")
@@ -228,7 +231,7 @@ def log_sum_exp_over(T, S, beta: float, *, chunk_bytes: int = _CHUNK_BYTES) -> T
 
 # --------------------------------------------------------------------------- retrieval
 
-def nn(Q, T, k: int = 1, *, normalize: bool = True, backend: str = "auto",
+def nn(Q: Matrix, T: Matrix, k: int = 1, *, normalize: bool = True, backend: str = "auto",
        chunk_bytes: int = _CHUNK_BYTES) -> tuple[Tensor, Tensor]:
     """Nearest neighbours by cosine: ``(cos values, target indices)``, B × k."""
     Q = _as_matrix(Q, "Q")
@@ -255,7 +258,7 @@ def _spaces(Q, T, src, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
     return Q, T, Q if S is None else S
 
 
-def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None,
+def csls(Q: Matrix, T: Matrix, k: int = 1, *, knn: int = 10, src: Optional[Matrix] = None, r_T: Tensor | None = None,
          normalize: bool = True, backend: str = "auto",
          chunk_bytes: int = _CHUNK_BYTES) -> tuple[Tensor, Tensor]:
     """CSLS retrieval (Conneau et al., 2018): ``(2 cos − r_T − r_Q, target indices)``, B × k.
@@ -285,7 +288,7 @@ def csls(Q, T, k: int = 1, *, knn: int = 10, src=None, r_T: Tensor | None = None
     return 2 * v - near.mean(dim=1, keepdim=True), j
 
 
-def topk_both_ways(Q, T, k: int, *, backend: str = "auto", chunk_bytes: int = _CHUNK_BYTES
+def topk_both_ways(Q: Matrix, T: Matrix, k: int, *, backend: str = "auto", chunk_bytes: int = _CHUNK_BYTES
                    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """``(top-k of each row of Q Tᵀ, top-k of each column)``, each ``(values, indices)``: the
     nearest neighbours both ways (dictionary induction). ``k`` is clipped to each side's size.
@@ -317,7 +320,7 @@ def _near_and_biased(Q: Tensor, T: Tensor, knn: int, k: int, bias: Tensor, backe
             topk(Q, T, k, bias, backend=backend, chunk_bytes=chunk_bytes))
 
 
-def inverted_softmax(Q, T, k: int = 1, *, beta: float = 10.0, src=None, lse: Tensor | None = None,
+def inverted_softmax(Q: Matrix, T: Matrix, k: int = 1, *, beta: float = 10.0, src: Optional[Matrix] = None, lse: Tensor | None = None,
                      normalize: bool = True, backend: str = "auto",
                      chunk_bytes: int = _CHUNK_BYTES) -> tuple[Tensor, Tensor]:
     """Inverted softmax retrieval (Smith et al., 2017): ``(log P(t | q), target indices)``.
@@ -342,7 +345,7 @@ def inverted_softmax(Q, T, k: int = 1, *, beta: float = 10.0, src=None, lse: Ten
     return beta * v, j
 
 
-def retrieve(Q, T, k: int = 1, method: str = "csls", **kwargs) -> tuple[Tensor, Tensor]:
+def retrieve(Q: Matrix, T: Matrix, k: int = 1, method: str = "csls", **kwargs) -> tuple[Tensor, Tensor]:
     """``method`` in ``{"nn", "csls", "isf"}``: :func:`nn`, :func:`csls` or
     :func:`inverted_softmax` with ``kwargs``."""
     if method not in METHODS:
@@ -365,7 +368,7 @@ class Retriever:
     ``search(rows, k, method)`` queries with source rows (indices into X).
     """
 
-    def __init__(self, X, Z, *, knn: int = 10, beta: float = 10.0, backend: str = "auto",
+    def __init__(self, X: Matrix, Z: Matrix, *, knn: int = 10, beta: float = 10.0, backend: str = "auto",
                  chunk_bytes: int = _CHUNK_BYTES) -> None:
         X = _as_matrix(X, "X")
         self.X = unit(X)
