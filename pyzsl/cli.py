@@ -162,6 +162,32 @@ def _check_output(path: Path | None, what: str, suffixes: Sequence[str] | None =
         raise UsageError(f"{what}: {path} is a folder")
 
 
+class _Staged:
+    """Outputs written under temporary names beside their targets (same folder, same suffixes,
+    so each writer picks its format as for the real name), renamed into place together by
+    ``commit``; ``abort`` removes them. A run stopped half-way (an error, Ctrl-C) leaves none of
+    its outputs, and no old file is replaced by a new one whose siblings are missing."""
+
+    def __init__(self) -> None:
+        self.moves: list[tuple[Path, Path]] = []
+
+    def path(self, final: Path, vocab: bool = False) -> Path:
+        tmp = final.with_name(f".pyzsl-{os.getpid()}-{final.name}")
+        self.moves.append((tmp, final))
+        if vocab and final.suffix.lower() == ".npy":  # save_embeddings writes the words beside
+            self.moves.append((tmp.with_suffix(".vocab"), final.with_suffix(".vocab")))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self.moves:
+            if tmp.exists():
+                os.replace(tmp, final)
+
+    def abort(self) -> None:
+        for tmp, _ in self.moves:
+            tmp.unlink(missing_ok=True)
+
+
 def _distinct_outputs(args) -> None:
     """No two outputs (derived names included: F.tgt.vec, .vocab beside .npy) on one path."""
     outs: dict[Path, str] = {}
@@ -404,50 +430,51 @@ def cmd_align(args) -> int:
         t0 = time.perf_counter()
         results = _evaluate_all(args, al, test, retrievals)
         timings["evaluate"] = time.perf_counter() - t0
-    files = {}
-    if args.out_lexicon is not None:
-        t0 = time.perf_counter()
-        _say(args, f"lexicon ({args.retrieval.upper()}, {args.lexicon_k} per word) → {args.out_lexicon}")
-        _write_lexicon(args.out_lexicon, al.lexicon(args.retrieval, k=args.lexicon_k, progress=not args.quiet),
-                       scores=not args.no_scores)
-        timings["lexicon"] = time.perf_counter() - t0
-        files["lexicon"] = str(args.out_lexicon)
-    if args.save_mapping is not None:
-        if args.save_mapping.suffix.lower() == ".npz":
-            al.save(args.save_mapping)
-        else:
-            if al.mapping.tgt is not None:
-                raise UsageError("--save-mapping: this map also transforms the target space; "
-                                 "save it as .npz (the full alignment)")
-            from pyzsl.bli.io import _atomic_target
-            import numpy as np
+    files: dict[str, str] = {}
+    staged = _Staged()  # every output appears at the end, or none does (an error, Ctrl-C)
+    try:
+        if args.out_lexicon is not None:
+            t0 = time.perf_counter()
+            _say(args, f"lexicon ({args.retrieval.upper()}, {args.lexicon_k} per word) → {args.out_lexicon}")
+            _write_lexicon(staged.path(args.out_lexicon),
+                           al.lexicon(args.retrieval, k=args.lexicon_k, progress=not args.quiet),
+                           scores=not args.no_scores)
+            timings["lexicon"] = time.perf_counter() - t0
+            files["lexicon"] = str(args.out_lexicon)
+        if args.save_mapping is not None:
+            if args.save_mapping.suffix.lower() == ".npz":
+                al.save(staged.path(args.save_mapping))
+            else:
+                if al.mapping.tgt is not None:
+                    raise UsageError("--save-mapping: this map also transforms the target space; "
+                                     "save it as .npz (the full alignment)")
+                import numpy as np
 
-            fd, tmp = _atomic_target(args.save_mapping)
-            try:
-                with os.fdopen(fd, "wb") as f:
+                with open(staged.path(args.save_mapping), "wb") as f:
                     np.save(f, al.mapping.src.detach().cpu().numpy())
-                os.replace(tmp, args.save_mapping)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        files["mapping"] = str(args.save_mapping)
-    if args.save_alignment is not None:
-        al.save(args.save_alignment)
-        files["alignment"] = str(args.save_alignment)
-    if args.save_aligned is not None:
-        from pyzsl.bli.io import save_embeddings
+            files["mapping"] = str(args.save_mapping)
+        if args.save_alignment is not None:
+            al.save(staged.path(args.save_alignment))
+            files["alignment"] = str(args.save_alignment)
+        if args.save_aligned is not None:
+            from pyzsl.bli.io import save_embeddings
 
-        ms, mt = al.mapped()
-        tgt_out = _aligned_target_path(args.save_aligned)
-        _say(args, f"aligned vectors → {args.save_aligned} (source), {tgt_out} (target)")
-        save_embeddings(args.save_aligned, ms)
-        save_embeddings(tgt_out, mt)
-        files["aligned_src"], files["aligned_tgt"] = str(args.save_aligned), str(tgt_out)
-    timings["total"] = time.perf_counter() - t_start
-    if args.report is not None:
-        _write_json(args.report, dict(command="bli align", src=str(src), tgt=str(tgt),
-                                      test_dict=str(test) if test else None, settings=_settings(args, al),
-                                      alignment=al.info, results=results, timings=timings, files=files))
+            ms, mt = al.mapped()
+            tgt_out = _aligned_target_path(args.save_aligned)
+            _say(args, f"aligned vectors → {args.save_aligned} (source), {tgt_out} (target)")
+            save_embeddings(staged.path(args.save_aligned, vocab=True), ms)
+            save_embeddings(staged.path(tgt_out, vocab=True), mt)
+            files["aligned_src"], files["aligned_tgt"] = str(args.save_aligned), str(tgt_out)
+        timings["total"] = time.perf_counter() - t_start
+        if args.report is not None:
+            _write_json(staged.path(args.report),
+                        dict(command="bli align", src=str(src), tgt=str(tgt), test_dict=str(test) if test else None,
+                             settings=_settings(args, al), alignment=al.info, results=results,
+                             timings=timings, files=files))
+    except BaseException:
+        staged.abort()
+        raise
+    staged.commit()
     print(f"\n{src.name} → {tgt.name}: {len(al.src)} × {len(al.tgt)} words, {al.info.get('method')}"
           f"{' + self-learning' if al.info.get('self_learning') else ''}")
     if results is not None:

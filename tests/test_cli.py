@@ -200,6 +200,30 @@ def test_eval_of_given_spaces_and_coverage_warning(toy, capsys, monkeypatch):
     bad(["bli", "align"], capsys, "PYZSL_DATA=")
 
 
+def test_outputs_appear_together_or_not_at_all(toy, capsys, monkeypatch):
+    p = toy
+    (p / "old.tsv").write_text("keep me\n")
+    import pyzsl.bli.io as io
+
+    def broken(path, emb, *a, **k):  # fails after the lexicon and the mapping were written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "save_embeddings", broken)
+    argv = ["bli", "align", p / "src.vec", p / "tgt.vec.gz", "--train-dict", p / "train.txt", "-q",
+            "--out-lexicon", p / "old.tsv", "--save-mapping", p / "W.npy", "--save-aligned", p / "x.vec",
+            "--report", p / "r.json"]
+    rc, _, err = run(argv, capsys)
+    assert rc == 130 and "interrupted" in err
+    assert (p / "old.tsv").read_text() == "keep me\n"  # not replaced by a run that did not finish
+    assert not any((p / n).exists() for n in ("W.npy", "x.vec", "x.tgt.vec", "r.json"))
+    assert not [f.name for f in p.iterdir() if f.name.startswith(".")]  # no temporary left
+    monkeypatch.undo()
+    rc, _, err = run(argv, capsys)
+    assert rc == 0, err
+    assert all((p / n).exists() for n in ("W.npy", "x.vec", "x.tgt.vec", "r.json"))
+    assert (p / "old.tsv").read_text().startswith("w0\tw0\t")
+
+
 def test_default_run(capsys, monkeypatch):
     if not (REPO_DATA / "fr.vec.gz").exists():
         pytest.skip(f"default data not built in {REPO_DATA} (tools/build_default_data.py)")
