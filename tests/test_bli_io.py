@@ -157,6 +157,7 @@ BAD = [
     ("3 2\na 1 2\nb\n", 3, "no values after the word"),
     ("a 1 2\nb 3 4\nc 5 6\nd 1\n", 4, "expected 2 values"),
     ("a 1\nb 3 4\nc 5 6\nd 1 2\n", 1, "expected 2 values"),  # the first line is the odd one
+    ("a 1 2\nb 1\n", 2, "expected 2 values after the word, found 1"),  # a tie: the first line wins
 ]
 
 
@@ -281,6 +282,8 @@ def test_fasttext_bin_with_a_stand_in_module(tmp_path, monkeypatch):
     assert emb.words == ["Chat", "chien", "chat"] and emb.vectors.tolist()[2] == [5, 6]
     low = load_embeddings(path, lower=True, max_vocab=2)
     assert low.words == ["chat", "chien"] and low.vectors.tolist()[0] == [1, 2]
+    # without max_vocab the lowercased duplicate "chat" is counted (3 words, 2 kept)
+    assert load_embeddings(path, lower=True).info["duplicates"] == 1
 
 
 # --------------------------------------------------------------------------- atomic saving
@@ -366,3 +369,102 @@ def test_seeds():
         numeral_seed(["a"], ["a"])
     assert isinstance(identical_seed(src, tgt), Dictionary)
     assert identical_seed(src, tgt).indices(src, tgt).tolist() == [[0, 4], [1, 3], [2, 0], [4, 1]]
+
+
+# --------------------------------------------------------------------------- audit additions
+
+def test_npy_lower_max_vocab_duplicates_and_crlf_vocab(tmp_path):
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    X[4, 1] = np.nan
+    np.save(tmp_path / "m.npy", X)
+    write(tmp_path / "m.vocab", "Chat\r\nchien\r\nchat\r\nA\r\nbad\r\nb\r\n")  # a CRLF vocabulary
+    with pytest.warns(UserWarning, match="skipped 1"):
+        emb = load_embeddings(tmp_path / "m.npy", errors="skip")
+    assert emb.words == ["Chat", "chien", "chat", "A", "b"]  # no '\r' left on the words
+    assert emb.info["duplicates"] == 0 and emb.info["skipped"] == 1
+    with pytest.warns(UserWarning, match="skipped 1"):
+        low = load_embeddings(tmp_path / "m.npy", lower=True, errors="skip")
+    # lower: "chat" (row 2) is a duplicate of row 0 and dropped; the NaN row is skipped, not a duplicate
+    assert low.words == ["chat", "chien", "a", "b"] and low.info["duplicates"] == 1
+    np.testing.assert_array_equal(low.vectors, X[[0, 1, 3, 5]])
+    with pytest.warns(UserWarning, match="skipped 1"):
+        mv = load_embeddings(tmp_path / "m.npy", lower=True, max_vocab=3, errors="skip")
+    # max_vocab counts distinct (lowercased) words: chat, chien, a
+    assert mv.words == ["chat", "chien", "a"]
+    np.testing.assert_array_equal(mv.vectors, X[[0, 1, 3]])
+
+
+def test_gz_last_line_without_newline_and_first_error_across_pieces(tmp_path, monkeypatch):
+    path = tmp_path / "n.vec.gz"
+    path.write_bytes(gzip.compress(b"a 1\nb 2"))
+    # the text after the last line break is still a line when reading in pieces (max_vocab)
+    assert load_embeddings(path, max_vocab=5).words == ["a", "b"]
+    path = tmp_path / "s.vec.gz"
+    path.write_bytes(gzip.compress(b"5 2\na 1 2\nb 1\nc 3 4\nd 5\ne 7 8\n"))
+    monkeypatch.setattr(bio, "_GZ_PIECE", 8)  # about one line per piece
+    # the warning names the first malformed line (3), not the last piece's (5)
+    with pytest.warns(UserWarning, match=re.escape(f"skipped 2 malformed line(s); first: {path}:3:")):
+        emb = load_embeddings(path, max_vocab=10, errors="skip")
+    assert emb.words == ["a", "c", "e"]
+
+
+def test_gz_save_is_reproducible_and_files_get_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    emb = random_emb(n=3, d=2)
+    save_embeddings(tmp_path / "r.vec.gz", emb)
+    raw = (tmp_path / "r.vec.gz").read_bytes()
+    # RFC 1952 header: magic 1f 8b, method 8, FLG without FNAME (0x08), MTIME (bytes 4..7) zero
+    assert raw[:3] == b"\x1f\x8b\x08" and not raw[3] & 0x08 and raw[4:8] == b"\0\0\0\0"
+    old = os.umask(0o027)
+    try:
+        save_embeddings(tmp_path / "p.vec", emb)
+        save_embeddings(tmp_path / "p.npy", emb)
+        Dictionary([("a", "b")]).save(tmp_path / "d.txt")
+    finally:
+        os.umask(old)
+    # the permissions a plain open() would give (0o666 & ~umask), not mkstemp's 0o600
+    for name in ("p.vec", "p.npy", "p.vocab", "d.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+def test_save_refusals(tmp_path):
+    emb = random_emb(n=2, d=2)
+    for p in (0, 10, 2.5, "3"):
+        with pytest.raises(ValueError, match="precision"):
+            save_embeddings(tmp_path / "x.vec", emb, precision=p)
+    with pytest.raises(TypeError, match="expected an Embeddings"):
+        save_embeddings(tmp_path / "x.vec", {"a": [1.0]})
+    with pytest.raises(ValueError, match="line break"):
+        save_embeddings(tmp_path / "x.npy", Embeddings(["a", "b\nc"], np.ones((2, 2))))
+    assert list(tmp_path.iterdir()) == []
+    # .npy keeps words with spaces (text formats cannot)
+    sp = Embeddings(["new york", "b"], np.ones((2, 2)))
+    save_embeddings(tmp_path / "s.npy", sp)
+    assert load_embeddings(tmp_path / "s.npy").words == ["new york", "b"]
+
+
+def test_dictionary_lower_bom_first_restrict_save(tmp_path):
+    path = write(tmp_path / "d.txt", "\ufeffChat Kissa\nchat kissa\nchien\tkoira\nNew York\tUusi York\nmaison talo\n")
+    d = load_dictionary(path)
+    assert d.pairs[0] == ("Chat", "Kissa")  # the byte order mark is not part of the first word
+    assert d.first(2).pairs == [("Chat", "Kissa"), ("chat", "kissa")]
+    low = load_dictionary(path, lower=True)  # both sides lowered; the two "chat kissa" merge
+    assert low.pairs == [("chat", "kissa"), ("chien", "koira"), ("new york", "uusi york"), ("maison", "talo")]
+    # restrict adds to the counts already there
+    r = load_dictionary(path, src=["chat", "chien", "New York"]).restrict(None, ["kissa", "Uusi York"])
+    assert r.pairs == [("chat", "kissa"), ("New York", "Uusi York")]
+    assert r.dropped == {"pairs": 3, "src_oov": 2, "tgt_oov": 1}
+    # save/load round trip, multi-word entries included (tab-separated), no temporary left
+    d.save(tmp_path / "out.txt")
+    assert load_dictionary(tmp_path / "out.txt").pairs == d.pairs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "out.txt"]
+
+
+def test_seed_numeral_rule_and_max_pairs():
+    src = ["42abc", "2019s", "12", "x", "7", "3.5", "1999"]
+    tgt = ["7", "3.5", "2019s", "42abc", "x", "1999", "12"]
+    assert numeral_seed(src, tgt).pairs == [("12", "12"), ("7", "7"), ("1999", "1999")]  # digits only
+    assert numeral_seed(src, tgt, max_pairs=2).pairs == [("12", "12"), ("7", "7")]
+    assert identical_seed(src, tgt, max_pairs=3).pairs == [("42abc", "42abc"), ("2019s", "2019s"), ("12", "12")]
