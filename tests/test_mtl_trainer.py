@@ -280,6 +280,13 @@ def test_trainer_input_errors():
         tr.fit((X, {"a": ys["a"]}), steps=1, batch_size=8, progress=False)
     with pytest.raises(ValueError, match="fewer than batch_size"):
         tr.fit((X, ys), steps=1, batch_size=1000, progress=False)
+    for k in (0, len(TASKS) + 1):  # guards the 1..T range check
+        with pytest.raises(ValueError, match="tasks_per_step must be in 1..3"):
+            _trainer(PCGrad(), tasks_per_step=k)
+    dup = _model()
+    dup.task_parameters = lambda t: list(dup.heads[t].parameters()) + list(dup.trunk[0].parameters())
+    with pytest.raises(ValueError, match="in both shared"):  # a parameter counted twice
+        MultiTaskTrainer(dup, Equal(), torch.optim.SGD(dup.parameters(), lr=0.1))
 
 
 def test_cross_stitch_unit_and_model():
@@ -358,3 +365,198 @@ def test_shared_data_loaders_and_multilenet(shared_data):
         load_wordtasks("dev", root=shared_data / "mtl")
     with pytest.raises(FileNotFoundError, match="multidigits.npz"):
         load_multidigits("test", root=shared_data)
+
+
+def test_batched_grad_mode_matches_loop_including_heads():
+    # the batched backward must give each head its own task's gradient row (not row 0's)
+    X, ys = _data()
+    x, yb = X[:32], {t: y[:32] for t, y in ys.items()}
+    models = []
+    for mode in ("loop", "batched"):
+        tr = _trainer(_Capture(), opt="sgd", lr=0.5, grad_mode=mode, diagnostics_every=0)
+        tr.step(x, yb)
+        models.append(tr.model)
+    for t in TASKS:
+        torch.testing.assert_close(_params(models[0].heads[t]), _params(models[1].heads[t]), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(_params(models[0]), _params(models[1]), rtol=1e-5, atol=1e-7)
+
+
+def test_unused_parameters_get_zero_not_stale_gradients(monkeypatch):
+    # buffers come from torch.empty: poison them so a missing zero-fill for a None gradient
+    # (a step on POS alone never reaches stage 2) shows up as NaN instead of reading zeros
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    for mode, agg in (("loop", _Capture()), ("batched", _Capture()), ("loop", Equal())):
+        torch.manual_seed(0)
+        m = word_mlp_depths({"pos": 4, "supersense": 5}, {"pos": 1, "supersense": 2}, d_in=6, hidden=8)
+        tr = MultiTaskTrainer(m, agg, torch.optim.SGD(m.parameters(), lr=0.1), grad_mode=mode, diagnostics_every=0)
+        stage2 = _params(m.stages[1]).clone()
+        x = real_empty(5, 6).normal_()
+        tr.step(x, {"pos": torch.zeros(5, dtype=torch.long)}, tasks=["pos"])
+        n1 = sum(p.numel() for p in m.stages[0].parameters())
+        if isinstance(agg, _Capture):
+            assert torch.isfinite(agg.G).all() and agg.G[0, n1:].abs().sum() == 0, mode
+        assert all(torch.isfinite(p).all() for p in m.parameters()), mode
+        assert torch.equal(_params(m.stages[1]), stage2), mode
+
+
+def test_mgda_ub_with_fixed_weights_is_the_weighted_loss_step():
+    # trunk gets sum w_i dL_i/dz backpropagated, and each head w_i * its own gradient:
+    # together exactly one SGD step on sum_i w_i L_i
+    X, ys = _data()
+    w = [0.2, 1.0, 3.0]
+    tr = _trainer(Fixed(w), opt="sgd", lr=0.5, mgda_ub=True, diagnostics_every=0)
+    ref = _model()
+    ref.load_state_dict(tr.model.state_dict())
+    x, yb = X[:32], {t: y[:32] for t, y in ys.items()}
+    sum(wi * F.cross_entropy(ref(x)[t], yb[t]) for wi, t in zip(w, TASKS)).backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.5 * p.grad
+    tr.step(x, yb)
+    torch.testing.assert_close(_params(tr.model), _params(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_mgda_ub_diagnostics_use_representation_gradients():
+    X, ys = _data()
+    tr = _trainer(MGDA(), opt="sgd", lr=0.1, mgda_ub=True, diagnostics_every=1)
+    m = tr.model
+    x, yb = X[:32], {t: y[:32] for t, y in ys.items()}
+    zd = m.representation(x).detach().double().requires_grad_()
+    heads = {t: nn.Linear(8, 3).double() for t in TASKS}
+    for t in TASKS:
+        heads[t].load_state_dict(m.heads[t].state_dict())
+    Gz = torch.stack([torch.autograd.grad(F.cross_entropy(heads[t](zd), yb[t]), zd)[0].reshape(-1) for t in TASKS])
+    w = A.min_norm_weights(Gz @ Gz.T)
+    d = w @ Gz
+    nrm = Gz.norm(dim=1)
+    cos = (Gz @ Gz.T) / (nrm[:, None] * nrm[None, :])
+    ucos = (Gz @ d) / (nrm * d.norm())  # cosine of the update with each task's gradient
+    L = [F.cross_entropy(heads[t](zd), yb[t]).item() for t in TASKS]
+    out = tr.step(x, yb)
+    assert [out[t] for t in TASKS] == pytest.approx(L, rel=1e-5)  # the raw losses come back
+    (probe,) = tr.probes
+    torch.testing.assert_close(torch.tensor(probe["cos"], dtype=torch.float64), cos, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(probe["update_cos"], dtype=torch.float64), ucos, rtol=1e-4, atol=1e-5)
+
+
+class _Orthogonal(_Opposed):
+    """Two regression tasks on disjoint rows of one linear map: gradients exactly orthogonal."""
+
+    tasks = ["a", "b"]
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x, tasks=None):
+        z = self.lin(x)
+        return {t: z[:, i] for i, t in enumerate(self.tasks) if t in (tasks or self.tasks)}
+
+
+def test_orthogonal_gradients_are_not_conflicts():
+    # cos == 0 exactly is no conflict (strict cos < 0), and the update helps both tasks
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(32, 4, generator=g)
+    ys = {"a": X[:, 0] + 1, "b": -X[:, 1]}
+    m = _Orthogonal()
+    tr = MultiTaskTrainer(m, Equal(), torch.optim.SGD(m.parameters(), lr=1e-2), F.mse_loss, diagnostics_every=1)
+    tr.fit((X, ys), steps=4, batch_size=16, progress=False)
+    d = tr.diagnostics()
+    assert d["pair_probes"][0][1] == 4
+    assert d["pair_conflict_frac"][0][1] == 0.0 and d["pair_conflict_after_frac"][0][1] == 0.0
+    assert d["pair_mean_cos"][0][1] == 0.0
+    assert d["update_conflict_frac"] == [0.0, 0.0]
+
+
+def test_log_windows_and_probe_schedule():
+    # each history entry is the mean over its own log_every window (accumulators reset);
+    # probes run at steps 0, k, 2k, ...
+    X, ys = _data()
+    tr = _trainer(Equal(), log_every=3, diagnostics_every=3)
+    got = []
+    for s in range(9):
+        b = slice(8 * s, 8 * s + 8)
+        got.append(tr.step(X[b], {t: y[b] for t, y in ys.items()}))
+    assert [h["step"] for h in tr.history] == [3, 6, 9]
+    for k, h in enumerate(tr.history):
+        for t in TASKS:
+            assert h[t] == pytest.approx(sum(o[t] for o in got[3 * k: 3 * k + 3]) / 3, rel=1e-6)
+    assert [p["step"] for p in tr.probes] == [0, 3, 6]
+
+
+def test_fit_batches_are_epochs_without_replacement():
+    # n = 2 batches exactly: each epoch's two batches partition the rows; epoch counts them
+    n, bs = 32, 16
+    X, ys = _data(n=n)
+    seen = []
+
+    def rec(out, y):
+        seen.append(y.clone())
+        return F.cross_entropy(out, y % 3)
+
+    lab = {t: torch.arange(n) for t in TASKS}
+    tr = _trainer(Equal(), loss_fns={"a": rec, "b": lambda o, y: F.cross_entropy(o, y % 3),
+                                     "c": lambda o, y: F.cross_entropy(o, y % 3)}, diagnostics_every=0)
+    epochs = []
+    for s in range(1, 7):
+        tr.fit((X, lab), steps=s, batch_size=bs, progress=False)
+        epochs.append(tr.epoch)
+    assert epochs == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    assert len(seen) == 6 and all(len(b) == bs for b in seen)
+    for e in range(3):
+        assert sorted(torch.cat(seen[2 * e: 2 * e + 2]).tolist()) == list(range(n))
+
+
+def test_zero_gradient_task_has_zero_not_nan_cosines():
+    # task "b" is already fit (zero weights, zero targets): its gradient is 0, its cosines 0
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(16, 4, generator=g)
+    m = _Orthogonal()
+    with torch.no_grad():
+        m.lin.weight.zero_()
+        m.lin.bias.zero_()
+    tr = MultiTaskTrainer(m, Equal(), torch.optim.SGD(m.parameters(), lr=1e-2), F.mse_loss, diagnostics_every=1)
+    tr.step(X, {"a": X[:, 0] + 1, "b": torch.zeros(16)})
+    (probe,) = tr.probes
+    assert probe["cos"] == [[1.0, 0.0], [0.0, 0.0]]
+    assert probe["update_cos"][1] == 0.0 and probe["update_cos"][0] == pytest.approx(1.0)
+    assert tr.diagnostics()["pair_mean_cos"] == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_resume_mid_log_window_keeps_partial_means_and_probes(tmp_path):
+    # split 7 with log_every=3: the checkpoint holds one step of an unfinished window
+    full, resumed = _fit_pieces(tmp_path, PCGrad, split=7)
+    assert torch.equal(_params(full.model), _params(resumed.model))
+    assert full.history == resumed.history and len(full.history) == 4
+    assert full.probes == resumed.probes and len(full.probes) == 7
+
+
+def test_sampled_tasks_count_only_their_probes():
+    # with tasks_per_step, a pair is probed only on steps where both tasks were drawn
+    X, ys = _data()
+    tr = _trainer(MGDA(), tasks_per_step=2, diagnostics_every=1)
+    drawn = []
+    for s in range(8):
+        drawn.append(set(tr.step(X[:16], {t: y[:16] for t, y in ys.items()})))
+    d = tr.diagnostics()
+    for i, a in enumerate(TASKS):
+        assert d["update_probes"][i] == sum(a in s for s in drawn)
+        for j, b in enumerate(TASKS):
+            assert d["pair_probes"][i][j] == sum(a in s and b in s for s in drawn)
+    assert 0 < d["pair_probes"][0][1] < 8
+
+
+def test_evaluate_is_deterministic_and_step_trains():
+    # evaluate switches dropout off; the next step switches it back on
+    X, ys = _data()
+    tr = _trainer(Equal(), model=_model(dropout=0.5), diagnostics_every=0)
+    m = tr.model
+    a = evaluate(m, X, ys, batch_size=32)
+    b = evaluate(m, X, ys, batch_size=32)
+    assert a == b and not m.training
+    with torch.no_grad():
+        out = {t: v.argmax(1) for t, v in m(X).items()}  # m is in eval mode here
+    assert a == {t: pytest.approx((out[t] == ys[t]).float().mean().item()) for t in TASKS}
+    tr.step(X[:16], {t: y[:16] for t, y in ys.items()})
+    assert m.training
