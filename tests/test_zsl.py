@@ -648,3 +648,100 @@ def test_predict_transductive_bad_arguments():
         m.predict_transductive(X, T, max_iter=-1)
     with pytest.raises(ValueError, match="NaN"):
         m.predict_transductive(np.full_like(X, np.nan), T)
+
+
+# --------------------------------------------------------------------------- audit (zsl2): training recipe, CSLS cache, load
+def _devise_by_hand(X, y, T, margin, negatives, lr, epochs, schedule, wd):
+    """Plain-PyTorch DeViSE trainer, full batch, float64: M₀ = I, Adam on the reference hinge
+    (mean over rows) + wd·‖M − I‖²_F, lr_t = lr·(1 + cos(π t / steps))/2 set by hand."""
+    from pyzsl.ops import _reference as ref
+    classes = np.unique(y)
+    unit = lambda A: A / A.norm(dim=1, keepdim=True)  # noqa: E731
+    V = unit(torch.tensor(X, dtype=torch.float64))
+    S = unit(torch.tensor(T[classes], dtype=torch.float64))
+    yl = torch.from_numpy(np.searchsorted(classes, y))
+    M0 = torch.eye(S.shape[1], dtype=torch.float64)
+    M = M0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([M], lr=lr)
+    curve = []
+    for t in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 + np.cos(np.pi * t / epochs)) / 2 if schedule == "cosine" else lr
+        loss = ref.bilinear_hinge_loss(V, M, S, yl, margin=margin, reduction="mean", negatives=negatives)
+        opt.zero_grad()
+        (loss + wd * (M - M0).square().sum()).backward()
+        opt.step()
+        curve.append(float(loss.detach()))
+    return M.detach(), curve
+
+
+@pytest.mark.parametrize("negatives,schedule,wd", [("sum", "cosine", 0.05), ("max", "constant", 0.0)])
+def test_training_follows_the_documented_recipe(negatives, schedule, wd):
+    # Guards: margin/negatives forwarded to the loss, the cosine schedule (annealed to 0 over all
+    # steps) or none, and the decay as wd·‖M − M₀‖²_F (a sum, not a mean) on the mean loss.
+    X, y, T = toy(C=10, dv=6, dt=6, per_class=4)
+    kw = dict(margin=0.3, negatives=negatives, lr=2e-2, epochs=6, lr_schedule=schedule, weight_decay=wd)
+    m = small(dtype=torch.float64, batch_size=len(y), init="identity", **kw).fit(X, y, T)
+    M, curve = _devise_by_hand(X, y, T, 0.3, negatives, 2e-2, 6, schedule, wd)
+    torch.testing.assert_close(m.M_, M, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(m.loss_curve_, curve, rtol=1e-9)
+    # the other schedule would have trained another map (the check above can tell them apart)
+    other = _devise_by_hand(X, y, T, 0.3, negatives, 2e-2, 6, {"cosine": "constant"}.get(schedule, "cosine"), wd)[0]
+    assert float((other - M).abs().max()) > 1e-4
+
+
+def test_loss_curve_is_the_row_weighted_epoch_mean():
+    # With a vanishing lr M stays at I: each epoch's entry is the mean hinge over all N rows,
+    # batches of 32, 32 and 20 weighted by their sizes (not the last batch, not a batch mean).
+    from pyzsl.ops import _reference as ref
+    X, y, T = toy()  # N = 84
+    m = small(lr=1e-12, batch_size=32, margin=0.2, dtype=torch.float64, init="identity").fit(X, y, T)
+    unit = lambda A: A / A.norm(dim=1, keepdim=True)  # noqa: E731
+    V, S = unit(torch.tensor(X, dtype=torch.float64)), unit(torch.tensor(T, dtype=torch.float64))
+    want = float(ref.bilinear_hinge_loss(V, torch.eye(8, dtype=torch.float64), S, torch.from_numpy(y), margin=0.2))
+    assert want > 0.1
+    np.testing.assert_allclose(m.loss_curve_, [want] * 3, rtol=1e-8)
+
+
+def _csls_by_hand(model, X, Xref, T, k):
+    """Dense CSLS: S − r/2, r_j the mean of class j's k best scores against the reference rows."""
+    plain = CosineZSL(dtype=model.dtype).fit(Xref, np.arange(len(Xref)) % 2, T)
+    S, ref = plain.decision_function(X, T), plain.decision_function(Xref, T)
+    return S - np.sort(ref, 0)[::-1][:k].mean(0) / 2
+
+
+def test_csls_cache_fills_in_classes_outside_earlier_candidate_sets():
+    # A candidate-restricted call computes only those classes' hub terms; a later call on other
+    # classes must compute theirs, not read the unfilled zeros of the cache.
+    X, y, T = toy()
+    m = CosineZSL(csls_k=3, dtype=torch.float64).fit(X[y < 9], y[y < 9], T)
+    want = _csls_by_hand(m, X, X[y < 9], T, 3)
+    np.testing.assert_allclose(m.decision_function(X, T, candidates=[0, 1, 2]), want[:, :3], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(m.predict(X, T, candidates=[9, 10, 11, 12, 13]),
+                                  9 + want[:, 9:].argmax(1))
+    np.testing.assert_allclose(m.decision_function(X, T), want, rtol=1e-10, atol=1e-12)
+
+
+def test_csls_k_above_the_reference_size_uses_every_reference_row():
+    # csls_k = 50 with 12 training rows: r_j is the mean over all 12 (and no error from top-k).
+    X, y, T = toy()
+    tr = np.isin(y, [0, 1])
+    m = CosineZSL(csls_k=50, dtype=torch.float64).fit(X[tr], y[tr], T)
+    np.testing.assert_allclose(m.decision_function(X, T), _csls_by_hand(m, X, X[tr], T, 12), rtol=1e-10, atol=1e-12)
+
+
+def test_load_device_overrides_the_saved_one(tmp_path):
+    # A model saved from a GPU run loads on the CPU when asked: device= wins over the file's.
+    import json
+    X, y, T = toy()
+    m = ESZSL(gamma=0.5).fit(X[y < 9], y[y < 9], T)
+    m.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["params"]["device"] = "cuda:7"
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "gpu.npz", **arrays)
+    r = load_model(tmp_path / "gpu.npz", device="cpu")
+    assert r.device == "cpu" and r.M_.device.type == "cpu"
+    np.testing.assert_array_equal(r.decision_function(X, T), m.decision_function(X, T))
