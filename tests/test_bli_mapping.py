@@ -1,6 +1,7 @@
 """pyzsl.bli mapping methods: normalize, procrustes (+ VecMap steps), rcsls, self_learning."""
 import importlib
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -81,6 +82,35 @@ def test_normalize_bad_inputs():
         normalize(torch.ones(3, 3, dtype=torch.int64))
 
 
+def test_normalize_iterative_matches_five_rounds_by_hand():
+    """Zhang et al. (2019): exactly five rounds of (unit length, then centring), then unit length;
+    guards the round count and the order within a round."""
+    g = torch.Generator().manual_seed(18)
+    A = (torch.randn(40, 5, generator=g, dtype=torch.float64) + 3).numpy()
+    R = A.copy()
+    for _ in range(5):
+        R = R / np.linalg.norm(R, axis=1, keepdims=True)
+        R = R - R.mean(0, keepdims=True)
+    R = R / np.linalg.norm(R, axis=1, keepdims=True)
+    torch.testing.assert_close(normalize(torch.from_numpy(A), "iterative"), torch.from_numpy(R),
+                               atol=1e-12, rtol=0)
+
+
+def test_normalize_edge_cases():
+    X = torch.randn(6, 4, dtype=torch.float64)
+    X[:, 2] = 0
+    D = normalize(X, "unitdim")  # an all-zero column stays zero (no 0/0)
+    assert torch.equal(D[:, 2], torch.zeros(6, dtype=torch.float64))
+    torch.testing.assert_close(D[:, [0, 1, 3]].norm(dim=0), torch.ones(3, dtype=torch.float64))
+    for dt in (torch.float16, torch.bfloat16):  # half precision is promoted, never kept
+        assert normalize(X.to(dt), "unit").dtype == torch.float32
+    for bad in (float("inf"), -float("inf")):  # inf, not only NaN, is refused
+        Xi = X.clone()
+        Xi[4, 0] = bad
+        with pytest.raises(ValueError, match="NaN/inf.*row 4"):
+            normalize(Xi)
+
+
 # ---------------------------------------------------------------------------- procrustes
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_procrustes_recovers_rotation(dtype):
@@ -150,6 +180,100 @@ def test_procrustes_bad_inputs():
         LinearMap(torch.eye(4)).map_src(torch.randn(2, 5))
     with pytest.warns(UserWarning, match="singular"):
         procrustes(X, Z, torch.tensor([[0, 1], [1, 2]]), whiten=True)
+
+
+def _dense_vecmap(Xd, Zd, whiten=False, src_reweight=0.0, tgt_reweight=0.0, src_dewhiten=None,
+                  tgt_dewhiten=None, dim=None):
+    """Artetxe et al. (2018 AAAI) steps 1-5 in numpy: (A, B) with X ↦ X A, Z ↦ Z B."""
+    Xd, Zd = Xd.numpy(), Zd.numpy()
+
+    def power(C, p):
+        w, V = np.linalg.eigh(C)
+        return (V * w ** p) @ V.T
+
+    Cx, Cz = Xd.T @ Xd, Zd.T @ Zd
+    W1 = power(Cx, -0.5) if whiten else np.eye(Xd.shape[1])
+    W2 = power(Cz, -0.5) if whiten else np.eye(Zd.shape[1])
+    U, S, Vt = np.linalg.svd((Xd @ W1).T @ (Zd @ W2), full_matrices=False)
+    V = Vt.T
+    A, B = W1 @ U @ np.diag(S ** src_reweight), W2 @ V @ np.diag(S ** tgt_reweight)
+    dew = {"src": U.T @ power(Cx, 0.5) @ U, "tgt": V.T @ power(Cz, 0.5) @ V}  # W^-1 = C^(1/2)
+    if src_dewhiten:
+        A = A @ dew[src_dewhiten]
+    if tgt_dewhiten:
+        B = B @ dew[tgt_dewhiten]
+    if dim is not None:
+        A, B = A[:, :dim], B[:, :dim]
+    return torch.from_numpy(A), torch.from_numpy(B)
+
+
+@pytest.mark.parametrize("opts", [
+    dict(whiten=True, src_reweight=1.0),  # re-weighting one side only
+    dict(whiten=True, src_reweight=0.5, tgt_reweight=0.25, src_dewhiten="tgt", tgt_dewhiten="src"),
+    dict(whiten=True, src_reweight=0.5, tgt_reweight=0.5, src_dewhiten="src", tgt_dewhiten="tgt"),
+    dict(whiten=True, dim=3),  # the leading (largest singular value) dimensions
+    dict(dim=3),  # dim without whitening must not take the plain orthogonal shortcut
+    dict(tgt_reweight=0.5),  # nor re-weighting without whitening
+])
+def test_vecmap_steps_match_dense_reference(opts):
+    """Noisy data, d_src = 7 != d_tgt = 5. The SVD's column signs are arbitrary, so the
+    sign-invariant products A A^T, A B^T, B B^T are compared (A B^T gives every cross similarity)."""
+    g = torch.Generator().manual_seed(19)
+    X = normalize(torch.randn(80, 7, generator=g, dtype=torch.float64))
+    Z = normalize(X @ torch.randn(7, 5, generator=g, dtype=torch.float64)
+                  + 0.5 * torch.randn(80, 5, generator=g, dtype=torch.float64))
+    pairs = torch.stack([torch.arange(60), torch.randperm(80, generator=g)[:60]], 1)
+    m = procrustes(X, Z, pairs, **opts)
+    A, B = _dense_vecmap(X[pairs[:, 0]], Z[pairs[:, 1]], **opts)
+    tA, tB = m.src, m.map_tgt(torch.eye(5, dtype=torch.float64))
+    for got, ref in ((tA @ tA.T, A @ A.T), (tA @ tB.T, A @ B.T), (tB @ tB.T, B @ B.T)):
+        torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
+
+
+def test_vecmap_supervised_preset():
+    """VECMAP_SUPERVISED is VecMap's --supervised: whiten, re-weight 0.5 / 0.5, de-whiten each side
+    with its own whitening (src: src, tgt: tgt)."""
+    X, Z, _, truth = _isometric_pair(100, 6, 0.4, seed=20, dtype=torch.float64)
+    m = procrustes(X, Z, truth[:70], **VECMAP_SUPERVISED)
+    A, B = _dense_vecmap(X[truth[:70, 0]], Z[truth[:70, 1]], whiten=True, src_reweight=0.5,
+                         tgt_reweight=0.5, src_dewhiten="src", tgt_dewhiten="tgt")
+    torch.testing.assert_close(m.src @ m.tgt.T, A @ B.T, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(m.src @ m.src.T, A @ A.T, atol=1e-9, rtol=1e-9)
+
+
+def test_procrustes_option_checks():
+    g = torch.Generator().manual_seed(22)
+    X = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    Z = torch.randn(30, 10, generator=g, dtype=torch.float64)
+    p = torch.stack([torch.arange(8)] * 2, 1)
+    for dim in (0, 6):  # the common space has min(5, 10) = 5 dims
+        with pytest.raises(ValueError, match=r"dim must be in \[1, 5\]"):
+            procrustes(X, Z, torch.stack([torch.arange(30)] * 2, 1), whiten=True, dim=dim)
+    # 8 pairs: X's 5 × 5 covariance is regular, Z's 10 × 10 one is singular: warn
+    with pytest.warns(UserWarning, match="8 pairs in 10 dims"):
+        m = procrustes(X, Z, p, whiten=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        procrustes(X, Z, torch.stack([torch.arange(12)] * 2, 1), whiten=True)  # 12 >= 10: no warning
+    # singular covariances are floored, not inverted: a bounded map (an exact or rounding-level
+    # zero eigenvalue would give inf or ~1e8)
+    with pytest.warns(UserWarning, match="singular"):
+        m = procrustes(X, Z[:, :5], torch.stack([torch.arange(3)] * 2, 1), whiten=True)
+    assert torch.isfinite(m.src).all() and torch.isfinite(m.tgt).all()
+    assert float(torch.linalg.matrix_norm(m.src, 2)) < 1e4 and float(torch.linalg.matrix_norm(m.tgt, 2)) < 1e4
+
+
+def test_linear_map_orthogonality_and_shapes():
+    g = torch.Generator().manual_seed(23)
+    Q = _rotation(6, g)
+    assert LinearMap(Q[:, :4]).is_orthogonal()  # 6 → 4: orthonormal columns
+    assert LinearMap(Q[:4, :]).is_orthogonal()  # 4 → 6: orthonormal rows
+    assert not LinearMap(2 * Q).is_orthogonal()
+    assert not LinearMap(Q, Q).is_orthogonal()  # a two-sided map is not an orthogonal one
+    with pytest.raises(ValueError, match="map_tgt: Z has 6 columns, the common space has 4"):
+        LinearMap(Q[:, :4]).map_tgt(torch.randn(3, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="src maps to 4 dims but tgt to 6"):
+        LinearMap(Q[:, :4], Q)
 
 
 
@@ -532,6 +656,119 @@ def test_rcsls_bad_inputs():
         rcsls(X, Z, p, init=LinearMap(torch.eye(4), torch.eye(4)), progress=False)
     with pytest.raises(IndexError, match="source index 10"):
         rcsls(X, Z, torch.tensor([[10, 1]]), progress=False)
+
+
+def _dense_rcsls_training(Xd, Yd, Zs, Zt, W, k, n_iter, lr, min_lr, constraint, reg):
+    """fastText's align.py loop, densely: autograd gradient, ascent step, projection by numpy SVD;
+    a step that lowers the criterion is undone and halves lr. Returns (W, [(accepted, lr)])."""
+    def crit(W):
+        return float(_dense_rcsls(Xd, Yd, Zs, Zt, W, k))
+
+    def project(W):
+        if constraint is None:
+            return W
+        U, S, Vt = np.linalg.svd(W.numpy())
+        S = np.ones_like(S) if constraint == "orthogonal" else np.clip(S, 0, 1)
+        return torch.from_numpy((U * S) @ Vt)
+
+    steps = []
+    for _ in range(n_iter):
+        if lr < min_lr:
+            break
+        Wg = W.clone().requires_grad_(True)
+        _dense_rcsls(Xd, Yd, Zs, Zt, Wg, k).backward()
+        W_new = project(W * (1 - lr * reg) + lr * Wg.grad)
+        accepted = crit(W_new) >= crit(W)
+        if accepted:
+            W = W_new
+        else:
+            lr /= 2
+        steps.append((accepted, lr))
+    return W, steps
+
+
+@pytest.mark.parametrize("constraint,lr,min_lr,reg", [
+    (None, 100.0, 1e-4, 0.0),  # several steps undone: lr halved each time
+    ("spectral", 100.0, 10.0, 0.0),  # stops once lr < min_lr
+    ("orthogonal", 10.0, 1e-4, 0.0),
+    (None, 2.0, 1e-4, 0.05),  # weight decay
+])
+def test_rcsls_training_matches_dense_reference(constraint, lr, min_lr, reg):
+    X, Z, _, truth = _isometric_pair(150, 8, 0.4, seed=24, dtype=torch.float64)
+    p = truth[:60]
+    res = rcsls(X, Z, p, knn=4, n_iter=8, lr=lr, min_lr=min_lr, constraint=constraint, reg=reg,
+                progress=False, backend="torch")
+    Xd, Yd = X[p[:, 0]], Z[p[:, 1]]
+    U, _, Vt = np.linalg.svd(Xd.numpy().T @ Yd.numpy())
+    W, steps = _dense_rcsls_training(Xd, Yd, X, Z, torch.from_numpy(U @ Vt), 4, 8, lr, min_lr,
+                                     constraint, reg)
+    assert [(h["accepted"], h["lr"]) for h in res.history[1:]] == steps
+    assert [h["iter"] for h in res.history] == list(range(len(steps) + 1))
+    if constraint is None and reg == 0:
+        assert sum(not a for a, _ in steps) >= 2  # the halving was exercised
+    if min_lr > 1e-4:
+        assert len(steps) < 8  # the early stop was exercised
+    else:
+        assert len(steps) == 8  # n_iter steps, no more, no fewer
+    torch.testing.assert_close(res.mapping.src, W, atol=1e-9, rtol=0)
+    objs = [h["objective"] for h in res.history]
+    assert math.isclose(objs[-1], float(_dense_rcsls(Xd, Yd, X, Z, W, 4)), rel_tol=1e-9)
+    assert res.objective == objs[-1]
+    assert all(b >= a for a, b in zip(objs, objs[1:]))  # an undone step keeps the old criterion
+
+
+def test_rcsls_accepts_a_step_that_keeps_the_criterion():
+    """Exact isometry, identity pairs, knn=1: every word's nearest neighbour is its translation,
+    so the gradient is exactly 0 and each step leaves W and the criterion unchanged. Only a step
+    that *lowers* the criterion is undone: lr must stay (guards `>` for `>=`)."""
+    g = torch.Generator().manual_seed(25)
+    X = normalize(torch.randn(40, 6, generator=g, dtype=torch.float64))
+    Z = X @ _rotation(6, g)
+    res = rcsls(X, Z, torch.stack([torch.arange(40)] * 2, 1), knn=1, n_iter=3, constraint=None,
+                progress=False, backend="torch")
+    assert [(h["accepted"], h["lr"]) for h in res.history] == [(True, 1.0)] * 4
+
+
+def test_rcsls_init_and_vocabularies():
+    """init (a LinearMap or a tensor) is the starting map; max_neg cuts both k-NN vocabularies;
+    n_iter=0 returns the start and its criterion."""
+    X, Z, _, truth = _isometric_pair(120, 6, 0.3, seed=26, dtype=torch.float64)
+    p = truth[:50]
+    Xd, Yd = X[p[:, 0]], Z[p[:, 1]]
+    W0 = _rotation(6, torch.Generator().manual_seed(27))
+    for init in (LinearMap(W0), W0):
+        res = rcsls(X, Z, p, init=init, knn=5, n_iter=0, max_neg=30, progress=False, backend="torch")
+        assert torch.equal(res.mapping.src, W0)
+        ref = float(_dense_rcsls(Xd, Yd, X[:30], Z[:30], W0, 5))
+        assert math.isclose(res.objective, ref, rel_tol=1e-10)
+        assert not math.isclose(ref, float(_dense_rcsls(Xd, Yd, X, Z, W0, 5)), rel_tol=1e-3)
+    # fewer source words than knn: each k-NN term uses min(knn, its own vocabulary)
+    Zs = X[:4]
+    f = rcsls_objective(Xd, Yd, Zs, Z, W0, 10, backend="torch")
+    f_t = (Xd @ W0 @ Z.T).topk(10, 1).values.mean(1)
+    f_s = (Yd @ (Zs @ W0).T).mean(1)  # all 4
+    assert math.isclose(f, float((2 * ((Xd @ W0) * Yd).sum(1) - f_t - f_s).mean()), rel_tol=1e-10)
+
+
+def test_rcsls_minibatch_reports_the_full_criterion():
+    """batch_size < pairs: steps are judged per batch, but the result's criterion is that of the
+    final map on all training pairs."""
+    X, Z, _, truth = _isometric_pair(150, 8, 0.4, seed=28, dtype=torch.float64)
+    p = truth[:90]
+    res = rcsls(X, Z, p, knn=4, n_iter=5, batch_size=20, progress=False, backend="torch")
+    ref = float(_dense_rcsls(X[p[:, 0]], Z[p[:, 1]], X, Z, res.mapping.src, 4))
+    assert math.isclose(res.objective, ref, rel_tol=1e-9)
+    assert not math.isclose(res.history[-1]["objective"], ref, rel_tol=1e-3)  # a batch's is not
+
+
+def test_rcsls_default_constraint_is_spectral():
+    """fastText's --model spectral: the default keeps every singular value <= 1."""
+    X, Z, _, truth = _isometric_pair(150, 8, 0.4, seed=31, dtype=torch.float64)
+    kw = dict(knn=4, n_iter=6, lr=5.0, progress=False, backend="torch")
+    free = rcsls(X, Z, truth[:60], constraint=None, **kw)
+    assert torch.linalg.svdvals(free.mapping.src).max() > 1.05  # the constraint has work to do
+    dflt = rcsls(X, Z, truth[:60], **kw)
+    assert torch.linalg.svdvals(dflt.mapping.src).max() <= 1 + 1e-9
 
 
 # ---------------------------------------------------------------------------- shared data
