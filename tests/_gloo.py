@@ -19,6 +19,10 @@ def _entry(rank, world, port, fn, args):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
+        # both ranks done before either tears the group down: a rank leaving while its peer's
+        # gloo threads still talk to it can abort the peer ("terminate called without an
+        # active exception", SIGABRT), seen once in a full CI run
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
