@@ -61,20 +61,15 @@ def as_labels(y: ArrayLike, name: str, n_rows: int, n_classes: int) -> np.ndarra
         raise ValueError(f"{name}: has {arr.shape[0]} labels but X has {n_rows} rows")
     if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise ValueError(f"{name}: contains NaN or inf")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if arr.size and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
-            if np.abs(arr).max() >= n_classes:  # before the cast: 1e30 would wrap to INT64_MIN
-                bad = float(arr[np.abs(arr) >= n_classes][0])
-                raise ValueError(f"{name}: label {bad:g} is out of range: class_embeddings has "
-                                 f"{n_classes} rows")
-            arr = arr.astype(np.int64)
-        else:
-            raise TypeError(f"{name}: expected integer class indices, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-        bad = int(arr[(arr < 0) | (arr >= n_classes)][0])
-        raise ValueError(f"{name}: label {bad} is out of range: class_embeddings has {n_classes} rows (0..{n_classes - 1})")
-    return arr
+    if not np.issubdtype(arr.dtype, np.integer) and not (
+            arr.size and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+        raise TypeError(f"{name}: expected integer class indices, got dtype {arr.dtype}")
+    out = (arr < 0) | (arr >= n_classes)  # on the values as given: the int64 cast wraps 1e30
+    if out.any():
+        bad = arr[out][0]
+        shown = f"{bad:g}" if np.issubdtype(arr.dtype, np.floating) else str(int(bad))
+        raise ValueError(f"{name}: label {shown} is out of range: class_embeddings has {n_classes} rows (0..{n_classes - 1})")
+    return arr.astype(np.int64, copy=False)
 
 
 def as_class_set(c: ArrayLike, name: str, n_classes: int) -> np.ndarray:
