@@ -151,8 +151,7 @@ def topk(Q: Matrix, T: Matrix, k: int, bias: Tensor | None = None, *, backend: s
     C = T.shape[0]
     if C == 0:
         raise ValueError("T: no targets to retrieve from")
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}")
+    _positive_int(k, "k")
     k = min(k, C)
     if bias is not None:
         bias = _as_vector(bias, "bias", C, like=Q).contiguous()
@@ -212,7 +211,7 @@ def _faiss_topk(Q: Tensor, T: Tensor, k: int, bias: Tensor | None):
 def knn_mean(A: Matrix, B: Matrix, knn: int = 10, *, backend: str = "auto", chunk_bytes: int = _CHUNK_BYTES) -> Tensor:
     """For each row of A: the mean of its ``knn`` largest inner products with the rows of B
     (CSLS's r-term; rows should be unit length). ``knn`` is clipped to len(B)."""
-    _check_knn(knn)
+    _positive_int(knn, "knn")
     A = _as_matrix(A, "A")
     B = _as_matrix(B, "B", like=A)
     v, _ = topk(A, B, min(knn, B.shape[0]), backend=backend, chunk_bytes=chunk_bytes)
@@ -241,9 +240,9 @@ def nn(Q: Matrix, T: Matrix, k: int = 1, *, normalize: bool = True, backend: str
     return topk(Q, T, k, backend=backend, chunk_bytes=chunk_bytes)
 
 
-def _check_knn(knn) -> None:
-    if not isinstance(knn, int) or knn < 1:
-        raise ValueError(f"knn: expected a positive int, got {knn!r}")
+def _positive_int(value, name: str) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
 def _spaces(Q, T, src, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -275,7 +274,7 @@ def csls(Q: Matrix, T: Matrix, k: int = 1, *, knn: int = 10, src: Optional[Matri
     and the retrieval, each score tile feeding two top-k's); otherwise three. Memory as
     :func:`topk`, never B × C.
     """
-    _check_knn(knn)
+    _positive_int(knn, "knn")
     Q, T, S = _spaces(Q, T, src if r_T is None else None, normalize)  # given r_T: src unused
     if T.shape[0] == 0:
         raise ValueError("T: no targets to retrieve from")
@@ -296,8 +295,7 @@ def topk_both_ways(Q: Matrix, T: Matrix, k: int, *, backend: str = "auto", chunk
     :func:`topk` calls."""
     Q = _as_matrix(Q, "Q")
     T = _as_matrix(T, "T", like=Q)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}")
+    _positive_int(k, "k")
     if Q.shape[0] == 0 or T.shape[0] == 0:
         raise ValueError(f"Q and T: need at least one row each, got {Q.shape[0]} and {T.shape[0]}")
     if resolve_backend(backend, Q) == "pyzsl":

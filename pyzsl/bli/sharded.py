@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pyzsl.bli.retrieval import _as_matrix, _as_vector, _near_and_biased, _spaces, _tie_sort, knn_mean, topk
+from pyzsl.bli.retrieval import (_as_matrix, _as_vector, _near_and_biased, _positive_int, _spaces, _tie_sort,
+                                 knn_mean, topk)
 
 __all__ = ["sharded_topk", "sharded_csls"]
 
@@ -93,8 +94,7 @@ def sharded_topk(Q, T_shard, k: int, bias: Tensor | None = None, *, group=None,
     """
     Q = _as_matrix(Q, "Q")
     T = _as_matrix(T_shard, "T_shard", like=Q)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}")
+    _positive_int(k, "k")
     if bias is not None:
         bias = _as_vector(bias, "bias", T.shape[0], like=Q).contiguous()
     offset, total = _layout(Q, T.shape[0], group)
@@ -110,8 +110,8 @@ def sharded_csls(Q, T_shard, k: int = 1, *, knn: int = 10, src=None, normalize: 
     ``src``: the (mapped) source space whose neighbourhoods define ``r_T`` (default ``Q``), the
     same on every rank. Equals :func:`pyzsl.bli.retrieval.csls` on the concatenated shards.
     """
-    if not isinstance(k, int) or k < 1 or not isinstance(knn, int) or knn < 1:
-        raise ValueError(f"k and knn: expected positive ints, got {k!r} and {knn!r}")
+    _positive_int(k, "k")
+    _positive_int(knn, "knn")
     Q = _as_matrix(Q, "Q")
     Q, T, S = _spaces(Q, _as_matrix(T_shard, "T_shard", like=Q), src, normalize)  # errors name T_shard
     offset, total = _layout(Q, T.shape[0], group)
