@@ -31,21 +31,18 @@ step "CUDA tests (kernels vs references)"
 PYZSL_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -rf tests/test_bilinear_hinge.py tests/test_topk.py \
   tests/test_pcgrad.py 2>&1 | tail -25
 
-step "bilinear hinge fwd+bwd, B=8192 dv=dt=300 C=200000, fp32"
-timeout 90 python3 benchmarks/bilinear_hinge.py --device cuda --repeat 5 2>&1 | tail -8
-save bilinear_hinge.csv
-step "bilinear hinge, TF32"
-timeout 75 python3 benchmarks/bilinear_hinge.py --device cuda --repeat 5 --tf32 2>&1 | tail -8
-save bilinear_hinge.csv
+# bench SCRIPT CSV LINES SECONDS [ARGS]: one benchmark run, capped, its table's tail shown and
+# its CSV saved at once
+bench() { timeout "$4" python3 "benchmarks/$1" --device cuda "${@:5}" 2>&1 | tail -"$3"; save "$2"; }
 
-step "retrieval: CSLS and top-10, N = 20k, 200k, fp32"
-timeout 75 python3 benchmarks/retrieval.py --device cuda --repeat 3 2>&1 | tail -12
-save retrieval.csv
-step "retrieval, TF32"
-timeout 60 python3 benchmarks/retrieval.py --device cuda --repeat 3 --tf32 2>&1 | tail -12
-save retrieval.csv
+step "bilinear hinge fwd+bwd, B=8192 dv=dt=300 C=200000, fp32 then TF32"
+bench bilinear_hinge.py bilinear_hinge.csv 8 90 --repeat 5
+bench bilinear_hinge.py bilinear_hinge.csv 8 75 --repeat 5 --tf32
+
+step "retrieval: CSLS and top-10, N = 20k, 200k, fp32 then TF32"
+bench retrieval.py retrieval.csv 12 75 --repeat 3
+bench retrieval.py retrieval.csv 12 60 --repeat 3 --tf32
 
 step "pcgrad: T in {8, 32}, P in {1e6, 1e7, 1e8}"
-timeout 60 python3 benchmarks/pcgrad.py --device cuda --T 8 32 --budget 2 --no-lock 2>&1 | tail -20
-save pcgrad.csv
+bench pcgrad.py pcgrad.csv 20 60 --T 8 32 --budget 2 --no-lock
 step "done"
