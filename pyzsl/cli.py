@@ -164,9 +164,9 @@ def _check_output(path: Path | None, what: str, suffixes: Sequence[str] | None =
 
 class _Staged:
     """Outputs written under temporary names beside their targets (same folder, same suffixes,
-    so each writer picks its format as for the real name), renamed into place together by
-    ``commit``; ``abort`` removes them. A run stopped half-way (an error, Ctrl-C) leaves none of
-    its outputs, and no old file is replaced by a new one whose siblings are missing."""
+    so each writer picks its format as for the real name), renamed into place together when
+    the ``with`` block ends; an exception (an error, Ctrl-C) removes them instead, so a run
+    stopped half-way leaves none of its outputs and replaces no old file."""
 
     def __init__(self) -> None:
         self.moves: list[tuple[Path, Path]] = []
@@ -178,14 +178,15 @@ class _Staged:
             self.moves.append((tmp.with_suffix(".vocab"), final.with_suffix(".vocab")))
         return tmp
 
-    def commit(self) -> None:
-        for tmp, final in self.moves:
-            if tmp.exists():
-                os.replace(tmp, final)
+    def __enter__(self) -> "_Staged":
+        return self
 
-    def abort(self) -> None:
-        for tmp, _ in self.moves:
-            tmp.unlink(missing_ok=True)
+    def __exit__(self, exc_type, *_) -> None:
+        for tmp, final in self.moves:
+            if exc_type is None and tmp.exists():
+                os.replace(tmp, final)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def _distinct_outputs(args) -> None:
@@ -343,32 +344,19 @@ def _table(rows: list[dict], retrievals: Sequence[str]) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    """Plain write: callers pass a path from :class:`_Staged`, which makes it atomic."""
     from pyzsl.bli.alignment import _jsonable
-    from pyzsl.bli.io import _atomic_target
 
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_jsonable(obj), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(obj), f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def _write_lexicon(path: Path, rows, scores: bool = True) -> None:
-    from pyzsl.bli.io import _atomic_target
-
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for s, t, v in rows:
-                f.write(f"{s}\t{t}\t{v:.6f}\n" if scores else f"{s} {t}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Plain write, as :func:`_write_json`."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for s, t, v in rows:
+            f.write(f"{s}\t{t}\t{v:.6f}\n" if scores else f"{s} {t}\n")
 
 
 def _aligned_target_path(path: Path) -> Path:
@@ -431,8 +419,7 @@ def cmd_align(args) -> int:
         results = _evaluate_all(args, al, test, retrievals)
         timings["evaluate"] = time.perf_counter() - t0
     files: dict[str, str] = {}
-    staged = _Staged()  # every output appears at the end, or none does (an error, Ctrl-C)
-    try:
+    with _Staged() as staged:  # every output appears at the end, or none does (an error, Ctrl-C)
         if args.out_lexicon is not None:
             t0 = time.perf_counter()
             _say(args, f"lexicon ({args.retrieval.upper()}, {args.lexicon_k} per word) → {args.out_lexicon}")
@@ -471,10 +458,6 @@ def cmd_align(args) -> int:
                         dict(command="bli align", src=str(src), tgt=str(tgt), test_dict=str(test) if test else None,
                              settings=_settings(args, al), alignment=al.info, results=results,
                              timings=timings, files=files))
-    except BaseException:
-        staged.abort()
-        raise
-    staged.commit()
     print(f"\n{src.name} → {tgt.name}: {len(al.src)} × {len(al.tgt)} words, {al.info.get('method')}"
           f"{' + self-learning' if al.info.get('self_learning') else ''}")
     if results is not None:
@@ -571,9 +554,10 @@ def cmd_eval(args) -> int:
     results = _evaluate_all(args, al, test, retrievals)
     elapsed = time.perf_counter() - t_start
     if args.report is not None:
-        _write_json(args.report, dict(command="bli eval", src=str(al.src.source), tgt=str(al.tgt.source),
-                                      test_dict=str(test), settings=_settings(args, al), results=results,
-                                      seconds=elapsed))
+        with _Staged() as staged:
+            _write_json(staged.path(args.report),
+                        dict(command="bli eval", src=str(al.src.source), tgt=str(al.tgt.source), test_dict=str(test),
+                             settings=_settings(args, al), results=results, seconds=elapsed))
     first = results[retrievals[0]]
     print(f"\n{Path(str(al.src.source)).name} → {Path(str(al.tgt.source)).name}, {test}: "
           f"{first['n_queries']} of {first['n_source_words']} source words covered")
