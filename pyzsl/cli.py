@@ -326,7 +326,7 @@ def _from_saved(args, src: Path | None, tgt: Path | None, default: dict | None):
                          "for these embeddings")
     return Alignment(s, t, LinearMap(torch.from_numpy(W.astype(np.float32))), args.normalize or DEFAULT_NORMALIZE,
                      knn=args.knn, beta=args.beta, backend=args.backend, device=args.device,
-                     info={"method": f"mapping {args.mapping}"})
+                     info={"method": f"mapping {args.mapping}", "lower": args.lower})
 
 
 # --------------------------------------------------------------------------- output
@@ -370,7 +370,7 @@ def _aligned_target_path(path: Path) -> Path:
 def _evaluate_all(args, al, test: Path, retrievals: Sequence[str]) -> dict:
     from pyzsl.bli.dictionary import load_dictionary
 
-    d = load_dictionary(test, lower=args.lower or bool(al.info.get("lower", False)))  # as the embeddings
+    d = load_dictionary(test, lower=bool(al.info.get("lower", False)))  # as the embeddings were read
     out = {}
     for r in retrievals:
         _say(args, f"evaluating {r.upper()} on {test.name} …")
@@ -505,7 +505,7 @@ def cmd_translate(args) -> int:
     al = _from_saved(args, src, tgt, default)
     if al is None:
         al = _fit(args, src, tgt, default, required=True)
-    if args.lower or al.info.get("lower"):
+    if al.info.get("lower"):
         words = [w.lower() for w in words]
     known = [w for w in words if w in al.src.index]
     unknown = [w for w in words if w not in al.src.index]
@@ -549,7 +549,7 @@ def cmd_eval(args) -> int:
         _say(args, "no mapping given: evaluating the two spaces as they are (already aligned)")
         al = Alignment(s, t, LinearMap(torch.eye(s.dim)), args.normalize or "unit", knn=args.knn,
                        beta=args.beta, backend=args.backend, device=args.device,
-                       info={"method": "identity (pre-aligned)"})
+                       info={"method": "identity (pre-aligned)", "lower": args.lower})
     retrievals = list(dict.fromkeys(args.retrieval))
     results = _evaluate_all(args, al, test, retrievals)
     elapsed = time.perf_counter() - t_start
