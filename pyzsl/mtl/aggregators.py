@@ -1,7 +1,7 @@
 """Multi-task gradient aggregators: T task gradients (rows of ``G``, T×P) → one update (P).
 
 Every aggregator is an ``nn.Module`` called as ``agg(G, losses=None, gram=None) -> update``.
-Gram-based ones also expose ``agg.weights(gram) -> w`` (T,) with ``update = w @ G``: everything
+Gram-based ones also expose ``agg.weights(gram, losses=None) -> w`` (T,) with ``update = w @ G``: everything
 they decide follows from the T×T Gram ``G @ G.T`` (computed once, in one pass over G, by
 ``pyzsl.ops.gram``), and the update is one more pass. The small T×T problems (min-norm, CAGrad's
 dual, IMTL-G's system) are solved on the host in float64: T is small, P is not. Memory: O(T²)
@@ -105,14 +105,14 @@ class Aggregator(nn.Module):
     needs_task_gradients: bool = True
     needs_losses: bool = False
 
-    def weights(self, gram: Tensor) -> Tensor:  # pragma: no cover - overridden
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError(f"{type(self).__name__} is not a Gram-space weighting")
 
     def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
         G = _check_G(G)
         if gram is None:
             gram = _finite(G, _gram(G))
-        w = self.weights(gram)
+        w = self.weights(gram, losses)
         return w.to(G.dtype) @ G
 
     def loss_weights(self, T: int) -> Tensor:
@@ -144,7 +144,7 @@ class _LossWeighting(Aggregator):
     def _w(self, T: int) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def weights(self, gram: Tensor) -> Tensor:
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         return self._w(gram.shape[0]).to(gram.device)
 
     def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
@@ -355,12 +355,6 @@ class MGDA(Aggregator):
         g = gram.detach().to("cpu", torch.float64) * c[:, None] * c[None, :]
         return min_norm_weights(g, self.max_iter, self.tol).to(gram.device)
 
-    def forward(self, G: Tensor, losses: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
-        G = _check_G(G)
-        if gram is None:
-            gram = _finite(G, _gram(G))
-        return self.weights(gram, losses).to(G) @ G
-
     def extra_repr(self) -> str:
         return f"normalize={self.normalize!r}"
 
@@ -395,7 +389,7 @@ class CAGrad(Aggregator):
             raise ValueError(f"rescale must be '1+c', '1+c^2' or 'none', got {rescale!r}")
         self.c, self.rescale, self.max_iter, self.tol = float(c), rescale, max_iter, tol
 
-    def weights(self, gram: Tensor) -> Tensor:
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         T = gram.shape[0]
         M, s = _normalised(gram)
         b = np.full(T, 1.0 / T)
@@ -462,7 +456,7 @@ class IMTLG(Aggregator):
 
     gram_based = True
 
-    def weights(self, gram: Tensor) -> Tensor:
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         T = gram.shape[0]
         M, s = _normalised(gram)
         alpha = np.zeros(T)

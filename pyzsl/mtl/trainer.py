@@ -366,8 +366,7 @@ class MultiTaskTrainer:
             hs.append(flat[off: off + n])
             off += n
         losses = flat[off:].clone()
-        w = (self.aggregator.weights(gram, losses) if self.aggregator.needs_losses
-             else self.aggregator.weights(gram)).to(zd.dtype)
+        w = self.aggregator.weights(gram, losses).to(zd.dtype)
         self._ub_gram, self._ub_weights = gram, w
         # One backward through the trunk with the combined representation gradient.
         sg = torch.autograd.grad(z, self.shared, grad_outputs=(w @ Gz).view_as(z), allow_unused=True)
