@@ -2,6 +2,7 @@
 
     flock /tmp/pyzsl-bench.lock python benchmarks/bli.py
     python benchmarks/bli.py --directions fr-fi --methods procrustes,rcsls   # a subset
+    python benchmarks/bli.py --methods sl-50,sl-100,sl-200,sl-400             # seed-size curve
 
 For each direction (fr→fi, fi→fr; each trained only on its own train file) and method:
 P@1/5/10 with NN and CSLS (k = 10) retrieval on the test dictionary (MUSE protocol, 850
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,9 @@ RCSLS: dict = {}   # library defaults: spectral constraint, lr 1, 30 full-batch 
 # 0.515 → 0.514 (fi-fr); for the unsupervised mapping, checked on the train dictionaries, it is a
 # tie (fr-fi 0.394 → 0.387, fi-fr 0.505 → 0.512) and kept so that both use one pre-processing.
 NORMALIZE = {"sl-50": ITERATIVE, "unsupervised": ITERATIVE}
+# "sl-<N>" (any N, e.g. sl-100,sl-400) runs the sl-50 recipe from the first N lines instead: how
+# many seed pairs this data needs (no bar; the rows show where the 50-seed bar would hold).
+SEEDED = re.compile(r"sl-([1-9][0-9]*)")
 # Methods whose self-learning map is refitted with RCSLS (RCSLS options above) on the dictionary
 # it induced (which holds the given pairs: the train dictionary for sl+rcsls, the 50 seeds for
 # sl-50). For sl-50 and unsupervised chosen on held-out pairs: fr-fi sl-50 0.404 → 0.418 on train
@@ -74,10 +79,15 @@ METHODS = {
     "procrustes+sl": "self-learning started from the train dictionary",
     "rcsls": "RCSLS on the train dictionary, from Procrustes",
     "sl+rcsls": "RCSLS on self-learning's induced dictionary (+ train)",
-    "sl-50": "self-learning from the first 50 lines of the train file, RCSLS refit",
+    "sl-50": "self-learning from the first 50 lines of the train file, RCSLS refit (sl-<N>: N lines)",
     "sl-identical": "self-learning from identical strings",
     "unsupervised": "self-learning from the similarity-distribution init, RCSLS refit",
 }
+
+
+def recipe(method: str) -> str:
+    """The name whose settings a method uses: "sl-<N>" takes sl-50's."""
+    return "sl-50" if SEEDED.fullmatch(method) else method
 
 
 def fit(method, X, Z, train, src, tgt, device, backend):
@@ -92,12 +102,14 @@ def fit(method, X, Z, train, src, tgt, device, backend):
     if method == "rcsls":
         r = rcsls(X, Z, train, **RCSLS, **common)
         return r.mapping, dict(steps=len(r.history) - 1, objective=r.objective)
-    if method in ("procrustes+sl", "sl+rcsls", "sl-50", "sl-identical", "unsupervised"):
-        seed = {"sl-50": train[:50], "sl-identical": "identical", "unsupervised": "unsupervised"}.get(method, train)
+    seeded = SEEDED.fullmatch(method)
+    if seeded or method in ("procrustes+sl", "sl+rcsls", "sl-identical", "unsupervised"):
+        seed = train[:int(seeded.group(1))] if seeded else {"sl-identical": "identical",
+                                                             "unsupervised": "unsupervised"}.get(method, train)
         r = self_learning(X, Z, seed, src_words=src.words, tgt_words=tgt.words, **SL, **common)
         info = dict(iterations=r.n_iter, objective=r.objective, induced=int(r.dictionary.shape[0]),
                     seed_pairs=int(r.seed.shape[0]))
-        if method not in RCSLS_REFIT:
+        if recipe(method) not in RCSLS_REFIT:
             return r.mapping, info
         # the refit's dictionary is the one self-learning selected: it already holds the given
         # pairs (kept for a seed of pairs), never the unsupervised heuristic seed — as align() does
@@ -123,8 +135,8 @@ def main(argv=None):
 
     methods = a.methods.split(",")
     for m in methods:
-        if m not in METHODS:
-            p.error(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+        if recipe(m) not in METHODS:
+            p.error(f"unknown method {m!r}; known: {', '.join(METHODS)}, or sl-<N> (N seed lines)")
     t0 = time.perf_counter()
     emb = {lang: load_embeddings(a.data / f"{lang}.vec.gz") for lang in ("fr", "fi")}
     print(f"loaded fr {len(emb['fr'])} × fi {len(emb['fi'])} words in {time.perf_counter() - t0:.1f} s")
@@ -137,7 +149,7 @@ def main(argv=None):
         train = torch.as_tensor(train_d.indices(src, tgt))
         test = load_dictionary(a.data / f"{direction}.test.txt", src, tgt)
         for method in methods:
-            norm = NORMALIZE.get(method, "unit,center,unit")
+            norm = NORMALIZE.get(recipe(method), "unit,center,unit")
             if norm not in spaces:
                 spaces[norm] = (normalize(torch.from_numpy(src.vectors), norm).to(a.device),
                                 normalize(torch.from_numpy(tgt.vectors), norm).to(a.device))
@@ -180,7 +192,7 @@ def main(argv=None):
     cols = ["mode", "impl", "nn_p1", "nn_p5", "nn_p10", "csls_p1", "csls_p5", "csls_p10",
             "bar", "holds", "fit_s", "eval_s"]
     fmt = [{k: (f"{v:.4f}" if isinstance(v, float) and k.endswith(("p1", "p5", "p10")) or k == "bar" and v
-                else v) for k, v in r.items()} for r in rows]
+                else "-" if v is None else v) for k, v in r.items()} for r in rows]
     print()
     print(table(fmt, cols))
     print(f"\npeak RSS {peak_rss_mb():.0f} MB; stretch (MUSE refined + 1.5): "
