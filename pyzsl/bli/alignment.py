@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyzsl._atomic import atomic_write
 from pyzsl.bli.dictionary import Dictionary, as_dictionary, build_seed, load_dictionary
 from pyzsl.bli.evaluate import evaluate as _evaluate
-from pyzsl.bli.io import Embeddings, _atomic_target, load_embeddings
+from pyzsl.bli.io import Embeddings, load_embeddings
 from pyzsl.bli.normalize import normalize as _normalize
 from pyzsl.bli.procrustes import LinearMap, procrustes
 from pyzsl.bli.retrieval import METHODS, Retriever
@@ -165,14 +166,8 @@ class Alignment:
         if include_embeddings:
             arrays.update(src_vectors=self.src.vectors, tgt_vectors=self.tgt.vectors,
                           src_words=np.array(self.src.words), tgt_words=np.array(self.tgt.words))
-        fd, tmp = _atomic_target(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, src=None, tgt=None, *, backend: str = "auto",

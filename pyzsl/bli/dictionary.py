@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from pyzsl._atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 _NUMERAL = re.compile(r"^[0-9]+$")  # VecMap's --init_numerals rule
@@ -120,18 +122,9 @@ class Dictionary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``source<TAB>target`` lines atomically."""
-        from pyzsl.bli.io import _atomic_target
-
-        path = Path(path)
-        fd, tmp = _atomic_target(path)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                for s, t in self.pairs:
-                    f.write(f"{s}\t{t}\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "w", encoding="utf-8", newline="\n") as f:
+            for s, t in self.pairs:
+                f.write(f"{s}\t{t}\n")
 
 
 def load_dictionary(path: str | os.PathLike, src=None, tgt=None, lower: bool = False) -> Dictionary:

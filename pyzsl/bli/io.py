@@ -23,13 +23,14 @@ import gzip
 import logging
 import mmap
 import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from pyzsl._atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -412,22 +413,6 @@ def _load_fasttext_bin(path: Path, max_vocab, lower) -> Embeddings:
 
 # --------------------------------------------------------------------------- saving
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_target(path: Path) -> tuple[int, Path]:
-    """An open descriptor on a temporary file next to ``path`` (renamed onto it when
-    complete), with the permissions a plain ``open`` would give."""
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, Path(tmp)
-
-
 def save_embeddings(path: str | os.PathLike, emb: Embeddings, precision: int | None = None,
                     *, block_rows: int = 8192) -> None:
     """Write ``emb`` to ``path`` atomically (a temporary file in the same folder, then a rename).
@@ -458,21 +443,15 @@ def save_embeddings(path: str | os.PathLike, emb: Embeddings, precision: int | N
                              "line break: it cannot be written to a text file (use .npy)")
     C = _ext()
     gz = path.name.lower().endswith(".gz")
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            f = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) if gz else raw
-            f.write(f"{len(emb)} {emb.dim}\n".encode())
-            for r0 in range(0, len(emb), block_rows):
-                r1 = min(len(emb), r0 + block_rows)
-                blob = "\n".join(emb.words[r0:r1]).encode("utf-8")
-                f.write(C.format_vec(X, blob, r0, r1, precision or 0))
-            if gz:
-                f.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as raw:
+        f = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) if gz else raw
+        f.write(f"{len(emb)} {emb.dim}\n".encode())
+        for r0 in range(0, len(emb), block_rows):
+            r1 = min(len(emb), r0 + block_rows)
+            blob = "\n".join(emb.words[r0:r1]).encode("utf-8")
+            f.write(C.format_vec(X, blob, r0, r1, precision or 0))
+        if gz:
+            f.close()
 
 
 def _save_npy(path: Path, emb: Embeddings, X: np.ndarray) -> None:
@@ -480,19 +459,10 @@ def _save_npy(path: Path, emb: Embeddings, X: np.ndarray) -> None:
     for w in emb.words:
         if not w or "\n" in w or "\r" in w:
             raise ValueError(f"save_embeddings: word {w!r} is empty or contains a line break")
-    fd_v, tmp_v = _atomic_target(vocab)
-    fd_x, tmp_x = _atomic_target(path)
-    try:
-        with os.fdopen(fd_v, "wb") as f:
-            f.write(("\n".join(emb.words) + "\n").encode("utf-8"))
-        with os.fdopen(fd_x, "wb") as f:
-            np.save(f, X, allow_pickle=False)
-        os.replace(tmp_v, vocab)
-        os.replace(tmp_x, path)
-    except BaseException:
-        tmp_v.unlink(missing_ok=True)
-        tmp_x.unlink(missing_ok=True)
-        raise
+    # nested: both files are complete before either is renamed; an error removes both
+    with atomic_write(vocab) as fv, atomic_write(path) as fx:
+        fv.write(("\n".join(emb.words) + "\n").encode("utf-8"))
+        np.save(fx, X, allow_pickle=False)
 
 
 # --------------------------------------------------------------------------- default data

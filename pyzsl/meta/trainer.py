@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
+from pyzsl._atomic import atomic_torch_save
+
 from .episodes import TaskBatch
 from .maml import MAML, LossFn
 
@@ -44,20 +46,6 @@ def mean_ci95(values: Any) -> tuple[float, float]:
     if v.size == 0:
         raise ValueError("mean_ci95: no values")
     return float(v.mean()), float(1.96 * v.std() / math.sqrt(v.size))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a crash
-    never leaves a half-written checkpoint under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def evaluate_tasks(maml: MAML, tasks: TaskBatch, metric: Metric | None = None,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyzsl._atomic import atomic_torch_save
 from pyzsl.mtl.aggregators import Aggregator, Fixed, GradNorm, Uncertainty, _finite, _gram
 from pyzsl.mtl.models import MultiTaskModel
 
@@ -578,15 +579,7 @@ class MultiTaskTrainer:
         Under DDP only rank 0 writes (all ranks hold the same state)."""
         if self.rank != 0:
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_torch_save(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> "MultiTaskTrainer":
         path = Path(path)

@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from pyzsl import ops as _ops
+from pyzsl._atomic import atomic_write
 
 __all__ = ["BilinearZSL", "load_model"]
 
@@ -98,21 +98,6 @@ def l2_normalize(A: Tensor, name: str = "A") -> Tensor:
     if bool((n == 0).any()):
         raise ValueError(f"{name}: cannot L2-normalise a zero vector (row {int((n[:, 0] == 0).nonzero()[0])})")
     return A / n
-
-
-def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Write an ``.npz`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- models
@@ -383,7 +368,8 @@ class BilinearZSL:
             arrays["class_mean"] = self.class_mean_.cpu().numpy()
         if self.reference_ is not None:
             arrays["reference"] = self.reference_.cpu().numpy()
-        atomic_savez(path, **arrays)
+        with atomic_write(path, parents=True) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "BilinearZSL":
