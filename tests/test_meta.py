@@ -431,6 +431,13 @@ def test_trainer_learns_and_resumes_exactly(tmp_path):
         assert torch.equal(p, q)
     assert resumed.history["val"] == full.history["val"]
     assert not list((tmp_path / "b").glob(".*tmp*"))  # atomic save left no temporary file
+    # save/load by path, as MultiTaskTrainer's (save_checkpoint/load_checkpoint: the old names)
+    other = make_trainer(tmp_path / "c")
+    assert other.load(resumed.save(tmp_path / "copy.pt")) is other
+    assert other.step_count == 40 and other.history["val"] == full.history["val"]
+    assert MetaTrainer.save_checkpoint is MetaTrainer.save and MetaTrainer.load_checkpoint is MetaTrainer.load
+    with pytest.raises(FileNotFoundError, match="MetaTrainer.load: no checkpoint at"):
+        other.load(tmp_path / "none.pt")
 
 
 def test_trainer_model_selection_restores_best(tmp_path):
@@ -498,6 +505,6 @@ def test_trainer_with_mtl_pcgrad(tmp_path):
     # the aggregator's state (pyzsl.mtl modules have a state_dict) goes into checkpoints
     trainer.checkpoint = tmp_path / "ckpt.pt"
     trainer.aggregator = pc
-    trainer.save_checkpoint()
+    trainer.save()
     state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert state["aggregator"] is not None and state["step"] == 1

@@ -234,20 +234,28 @@ class MetaTrainer:
         if state.get("aggregator") is not None:
             self.aggregator.load_state_dict(state["aggregator"])
 
-    def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write a checkpoint atomically to ``path`` (default: ``checkpoint=``); returns the path."""
         path = Path(path) if path is not None else self.checkpoint
         if path is None:
-            raise ValueError("MetaTrainer.save_checkpoint: no path and no checkpoint= given")
+            raise ValueError("MetaTrainer.save: no path and no checkpoint= given")
         atomic_torch_save(self.state_dict(), path)
         logger.info("checkpoint step %d -> %s", self.step_count, path)
         return path
 
-    def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> None:
+    def load(self, path: str | os.PathLike[str] | None = None) -> "MetaTrainer":
+        """Resume from a checkpoint (default: ``checkpoint=``); returns self, as
+        ``MultiTaskTrainer.load``."""
         path = Path(path) if path is not None else self.checkpoint
         if path is None or not path.exists():
-            raise FileNotFoundError(f"MetaTrainer.load_checkpoint: no checkpoint at {path}")
+            raise FileNotFoundError(f"MetaTrainer.load: no checkpoint at {path}")
         self.load_state_dict(torch.load(path, weights_only=False))
         logger.info("resumed from %s at step %d", path, self.step_count)
+        return self
+
+    # the names of earlier versions
+    save_checkpoint = save
+    load_checkpoint = load
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, steps: int, resume: bool = False) -> "MetaTrainer":
@@ -260,7 +268,7 @@ class MetaTrainer:
             if self.checkpoint is None:
                 raise ValueError("MetaTrainer.fit(resume=True) needs checkpoint=")
             if self.checkpoint.exists():
-                self.load_checkpoint()
+                self.load()
         if self.val_tasks is not None and self.step_count == 0 and not self.history["val"]:
             # the initial model competes too: meta-training that only hurts is not kept
             self._record_val()
@@ -280,11 +288,11 @@ class MetaTrainer:
                     logger.info("step %d loss %.5f%s", self.step_count, loss,
                                 "" if val is None else f" val {val:.5f}")
                 if self.checkpoint is not None and self.step_count % self.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    self.save()
         finally:
             bar.close()
         if self.checkpoint is not None:
-            self.save_checkpoint()
+            self.save()
         if self.restore_best and self._best_state is not None:
             self.maml.load_state_dict(self._best_state)
             logger.info("restored the best model (step %s, val %.5f)", self.best_step,
