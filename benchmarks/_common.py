@@ -142,6 +142,7 @@ def locked(path: Path):
 
 def _rewrite_rows(op: str, rows: list[dict], path: Path, device) -> None:
     import pyzsl
+    from pyzsl._atomic import atomic_write
 
     old: list[dict] = []
     fields = ["op", "impl", "mode", "size", "machine", "version"]
@@ -156,15 +157,10 @@ def _rewrite_rows(op: str, rows: list[dict], path: Path, device) -> None:
     rows = [{"op": op, "machine": machine(device), "version": pyzsl.__version__, **r} for r in rows]
     for r in rows:
         fields += [c for c in r if c not in fields]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, restval="")
-            w.writeheader()
-            w.writerows(old + rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(old + rows)
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

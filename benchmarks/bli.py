@@ -103,9 +103,9 @@ def fit(method, X, Z, train, src, tgt, device, backend):
         r = rcsls(X, Z, train, **RCSLS, **common)
         return r.mapping, dict(steps=len(r.history) - 1, objective=r.objective)
     seeded = SEEDED.fullmatch(method)
-    if seeded or method in ("procrustes+sl", "sl+rcsls", "sl-identical", "unsupervised"):
-        seed = train[:int(seeded.group(1))] if seeded else {"sl-identical": "identical",
-                                                             "unsupervised": "unsupervised"}.get(method, train)
+    seed = {"procrustes+sl": train, "sl+rcsls": train, "sl-identical": "identical",
+            "unsupervised": "unsupervised"}.get(method, train[:int(seeded.group(1))] if seeded else None)
+    if seed is not None:
         r = self_learning(X, Z, seed, src_words=src.words, tgt_words=tgt.words, **SL, **common)
         info = dict(iterations=r.n_iter, objective=r.objective, induced=int(r.dictionary.shape[0]),
                     seed_pairs=int(r.seed.shape[0]))

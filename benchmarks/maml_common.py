@@ -15,6 +15,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import locked  # noqa: E402
 
+from pyzsl._atomic import atomic_write  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ["date", "bench", "method", "setting", "metric", "value", "ci95", "n", "extra",
           "machine", "torch", "threads", "command"]
@@ -46,9 +48,8 @@ def _append(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
                 "n": ""}
         full.update(r)
         w.writerow(full)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(old + buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(old + buf.getvalue())
     return path
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from maml_common import RESULTS, append_rows, fmt_ci, print_table  # noqa: E402
+from pyzsl._atomic import atomic_write  # noqa: E402
 from pyzsl.meta import MAML, MetaTrainer, SinusoidTasks, evaluate_tasks, mean_ci95  # noqa: E402
 
 PUBLISHED = {5: (1.13, 0.18), 10: (0.77, 0.11), 20: (0.48, 0.08)}  # Meta-SGD Table 1, MAML row
@@ -100,9 +101,8 @@ def plot(models: dict[str, MAML], tasks, path: Path) -> None:
             ax.set_ylim(-5.5, 5.5)
     axes[0][0].legend(loc="lower left", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
     print(f"plot -> {path}")
 

@@ -46,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, table, write_rows  # noqa: E402
 
+from pyzsl._atomic import atomic_write  # noqa: E402
+
 DATASETS = {
     "multidigits": {"tasks": ("left", "right"), "batch": 256, "lr": 1e-3, "wd": 0.0, "select": "best_val"},
     "wordtasks": {"tasks": ("pos", "supersense"), "batch": 128, "lr": 1e-3, "wd": 1e-5, "select": "best_val"},
@@ -311,10 +313,9 @@ def plot(summaries: dict[str, list[dict]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format=path.suffix[1:])
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -424,10 +425,9 @@ def main(argv=None) -> int:
     path = write_rows("mtl", _uniform(csv_rows))
     print(f"\nrows appended to {path}; training wall time {train_wall:.0f} s, total {time.perf_counter() - t0:.0f} s")
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                   "results": results, "timing": timing}, indent=1))
-        os.replace(tmp, args.json)
+        with atomic_write(args.json, "w") as f:
+            json.dump({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                       "results": results, "timing": timing}, f, indent=1)
     if not args.no_plot:
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / "mtl_pareto.png"

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, table, timeit, write_rows  # noqa: E402
 
+from pyzsl._atomic import atomic_write  # noqa: E402
 from pyzsl.zsl import (  # noqa: E402
     ESZSL,
     CosineZSL,
@@ -221,10 +222,8 @@ def plot(curves: dict, path: Path) -> None:
                ylabel="per-class mean top-1")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_write(path, parents=True) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     print(f"plot written to {path}")
 

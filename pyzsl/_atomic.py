@@ -1,7 +1,7 @@
 """Atomic file writes: a temporary file beside the target, renamed onto it when complete.
 
-Every file pyzsl writes (embeddings, dictionaries, alignments, ZSL models, trainer checkpoints)
-goes through :func:`atomic_write`, so a crash or Ctrl-C never leaves a half-written file under the
+Every file pyzsl writes (embeddings, dictionaries, alignments, ZSL models, trainer checkpoints,
+benchmark results) goes through :func:`atomic_write`, so a crash or Ctrl-C never leaves a half-written file under the
 target's name, and no old file is replaced by a partial one. The file gets the permissions a plain
 ``open`` would give (``0o666`` less the umask), not ``tempfile.mkstemp``'s ``0o600``.
 """

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pyzsl._atomic import atomic_write  # noqa: E402
 from pyzsl.bli.dictionary import load_dictionary  # noqa: E402
 from pyzsl.bli.io import Embeddings, load_embeddings, save_embeddings  # noqa: E402
 
@@ -132,9 +132,8 @@ def main(argv=None) -> int:
     counts = build(args.shared, args.out, args.fr_words, args.fi_words, args.precision)
     quality = check(args.out) if args.check else None
     text = readme(args.out, args, counts, quality)
-    tmp = args.out / ".README.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, args.out / "README.md")
+    with atomic_write(args.out / "README.md", "w", encoding="utf-8") as f:
+        f.write(text)
     print(text)
     return 0
 
