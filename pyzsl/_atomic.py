@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new file under a random hidden name in ``path``'s folder, opened for writing.
+
+    Created with mode 0o666 so that the kernel applies the umask, as for a plain ``open``
+    (reading the umask needs ``os.umask``, which sets it process-wide: not thread-safe)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot write {path}: no free temporary name in {path.parent}")
 
 
 @contextlib.contextmanager
@@ -34,11 +43,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, parents: bool = F
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
         os.replace(tmp, path)
     except BaseException:

@@ -50,3 +50,20 @@ def test_files_get_umask_permissions(tmp_path):
     for name in ("model.npz", "ck.pt", "t.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
     assert torch.equal(torch.load(tmp_path / "ck.pt")["w"], torch.ones(2))
+
+
+def test_never_touches_the_process_umask(tmp_path, monkeypatch):
+    # Reading the umask with os.umask sets it process-wide for a moment: a file another thread
+    # creates then would get mode 0o666. The kernel applies the umask to our new file instead.
+    def no_umask(*_):
+        raise AssertionError("os.umask called")
+
+    old = os.umask(0o077)
+    try:
+        monkeypatch.setattr(os, "umask", no_umask)
+        with atomic_write(tmp_path / "t.txt", "w") as f:
+            f.write("x")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "t.txt").stat().st_mode) == 0o600
