@@ -206,7 +206,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("text"), py::arg("offset") = 0, py::arg("limit") = -1);
   m.def(
       "parse_vec",
-      [](py::buffer text, py::handle out, py::handle out_lines, int64_t offset, int64_t first_line,
+      [](py::buffer text, py::handle out, int64_t offset, int64_t first_line,
          bool skip_errors, std::string source) {
         py::buffer_info b = text.request();
         ParseVecArgs a;
@@ -215,7 +215,6 @@ PYBIND11_MODULE(_C, m) {
         a.offset = offset;
         a.first_line = first_line;
         a.out = as_array(out, "out", false, true);
-        a.out_lines = as_array(out_lines, "out_lines", false, true);
         a.skip_errors = skip_errors;
         a.source = std::move(source);
         ParseVecResult r;
@@ -226,7 +225,7 @@ PYBIND11_MODULE(_C, m) {
         return py::make_tuple(py::bytes(r.words), r.rows, r.skipped, r.next_offset, r.next_line,
                               r.first_error);
       },
-      py::arg("text"), py::arg("out"), py::arg("out_lines"), py::arg("offset"),
+      py::arg("text"), py::arg("out"), py::arg("offset"),
       py::arg("first_line"), py::arg("skip_errors"), py::arg("source"));
   m.def(
       "format_vec",

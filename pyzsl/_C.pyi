@@ -54,7 +54,6 @@ def count_lines(text: Buffer, offset: int = 0, limit: int = -1) -> int: ...
 def parse_vec(
     text: Buffer,
     out: ArrayLike,
-    out_lines: ArrayLike,
     offset: int,
     first_line: int,
     skip_errors: bool,

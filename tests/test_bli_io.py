@@ -1,5 +1,6 @@
 """pyzsl.bli.io (the C++ .vec parser, gzip, .npy, saving) and pyzsl.bli.dictionary."""
 import gzip
+import warnings
 import re
 
 import numpy as np
@@ -468,3 +469,126 @@ def test_seed_numeral_rule_and_max_pairs():
     assert numeral_seed(src, tgt).pairs == [("12", "12"), ("7", "7"), ("1999", "1999")]  # digits only
     assert numeral_seed(src, tgt, max_pairs=2).pairs == [("12", "12"), ("7", "7")]
     assert identical_seed(src, tgt, max_pairs=3).pairs == [("42abc", "42abc"), ("2019s", "2019s"), ("12", "12")]
+
+
+# --------------------------------------------------------------------------- differential fuzz
+# Random files, valid lines mixed with malformed ones, against a slow oracle of the documented
+# grammar: separators are runs of ' '/'\t', trailing '\r'/' '/'\t' are dropped, a value is a
+# decimal (strtof syntax without hex/inf/nan) correctly rounded to float32, a word must be UTF-8
+# (as Python decodes it), the first occurrence of a word wins; "raise" names the first bad line.
+_DEC = re.compile(rb"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_BAD_VALUES = [b"nan", b"inf", b"-inf", b"1e400", b"3.5e38", b"abc", b"1.2.3", b"1e", b"+-1", b"0x10",
+               b"1_0", b"\xff", b"1,5", b"e5", b".", b"+", b"1e+", b"infinity"]
+_BAD_WORDS = [b"\xc3(", b"\xed\xa0\x80", b"\xc0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"]  # cut, surrogate,
+# overlong, above U+10FFFF, truncated
+
+
+def _f32(tok: bytes):
+    """Correctly rounded float32 of a decimal token (ties to even), None if it overflows."""
+    from fractions import Fraction
+
+    q = Fraction(tok.decode())
+    top = np.finfo(np.float32).max
+    if abs(q) >= Fraction(float(top)) + 2 ** 103:  # half an ulp (2^104) above the largest float32
+        return None
+    near = np.float32(float(q)) if abs(q) <= Fraction(float(top)) else np.copysign(top, float(q))
+    with np.errstate(over="ignore"):
+        cands = [c for c in (near, np.nextafter(near, np.float32(np.inf)), np.nextafter(near, np.float32(-np.inf)))
+                 if np.isfinite(c)]
+    return min(cands, key=lambda c: (abs(Fraction(float(c)) - q), int(c.view(np.int32)) & 1))
+
+
+def _oracle_line(raw: bytes, dim: int):
+    s = raw.rstrip(b"\r \t")
+    if not s:
+        return "blank"
+    toks = re.split(rb"[ \t]+", s)
+    if not toks[0] or len(toks) != dim + 1 or not all(_DEC.fullmatch(v) for v in toks[1:]):
+        return None
+    vals = [_f32(v) for v in toks[1:]]
+    try:
+        return (toks[0].decode("utf-8"), vals) if all(v is not None for v in vals) else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _oracle(data: bytes, dim: int, header: bool, max_vocab, skip):
+    lines = data.split(b"\n")[: -1 if data.endswith(b"\n") else None]
+    words, rows, bad = {}, [], 0
+    for no, raw in enumerate(lines[int(header):], start=int(header) + 1):
+        if max_vocab is not None and len(words) >= max_vocab:
+            break
+        r = _oracle_line(raw, dim)
+        if r is None and not skip:
+            return f":{no}: "
+        bad += r is None
+        if r not in (None, "blank") and r[0] not in words:
+            words[r[0]] = len(rows)
+            rows.append(r[1])
+    return list(words), np.array(rows, dtype=np.float32).reshape(-1, dim), bad
+
+
+def _random_file(rng, dim: int, header: bool) -> bytes:
+    def value():
+        k = rng.random()
+        if k < 0.6:
+            return f"{rng.uniform(-3, 3):.{rng.integers(1, 10)}g}".encode()
+        if k < 0.75:
+            return f"{rng.uniform(-1, 1) * 10.0 ** rng.integers(-50, 40):.{rng.integers(1, 10)}e}".encode()
+        return rng.choice([b"0", b"-0", b"+1", b"1.", b".5", b"-.5", b"1E-3", b"00012", b"3.4028234e38",
+                           b"0.000000000000000000000123", b"12345678901234567890123", b"1e-45", b"-1e-400"])
+
+    lines = []
+    for i in range(int(rng.integers(1, 30))):
+        sep = rng.choice([b" ", b"\t", b"  ", b" \t"])
+        toks = [rng.choice(["le", "été", "日本", "a-b", "x'y"]).encode() + (b"%d" % i if rng.random() < 0.7 else b"")]
+        toks += [value() for _ in range(dim)]
+        if i and rng.random() < 0.2:  # one defect
+            m = int(rng.integers(5))
+            if m == 0:
+                toks[int(rng.integers(1, dim + 1))] = rng.choice(_BAD_VALUES)
+            elif m == 1:
+                toks = toks + [b"0.5"] if rng.random() < 0.5 else toks[:-1]
+            elif m == 2:
+                toks[0] = rng.choice(_BAD_WORDS) + toks[0] if rng.random() < 0.5 else toks[0] + rng.choice(_BAD_WORDS)
+            elif m == 3:
+                toks = [b""] + toks
+            else:
+                toks = toks[:1]
+        lines.append(sep.join(toks) + (rng.choice([b"\r", b" ", b"\t"]) if rng.random() < 0.2 else b""))
+        if rng.random() < 0.05:
+            lines.append(rng.choice([b"", b"  ", b"\r"]))
+    data = b"\n".join(lines) + (b"\n" if rng.random() < 0.8 else b"")
+    return (b"%d %d\n" % (len(lines), dim) + data) if header else data
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_parser_matches_the_oracle_on_random_malformed_files(tmp_path, monkeypatch, seed):
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for case in range(150):
+        dim, header = int(rng.choice([1, 2, 5])), bool(rng.random() < 0.5)
+        data = _random_file(rng, dim, header)
+        if not header and not isinstance(_oracle_line(data.split(b"\n")[0], dim), tuple):
+            continue  # without a header the first lines set the dimension: keep that unambiguous
+        gz, skip, max_vocab = rng.random() < 0.3, bool(rng.random() < 0.5), rng.choice([None, None, 1, 3])
+        monkeypatch.setattr(bio, "_GZ_PIECE", int(rng.choice([1, 7, 64 << 20])))  # pieces cut anywhere
+        path = tmp_path / f"{case}.vec{'.gz' if gz else ''}"
+        path.write_bytes(gzip.compress(data) if gz else data)
+        want = _oracle(data, dim, header, max_vocab, skip)
+        if isinstance(want, str):
+            with pytest.raises(ValueError, match=re.escape(f"{path}{want}")):
+                load_embeddings(path, max_vocab=max_vocab)
+        elif not want[0]:
+            with pytest.raises(ValueError, match="no word vectors"), pytest.warns(UserWarning):
+                load_embeddings(path, max_vocab=max_vocab, errors="skip")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                emb = load_embeddings(path, max_vocab=max_vocab, errors="skip" if skip else "raise")
+            assert emb.words == want[0], (case, data)
+            np.testing.assert_array_equal(emb.vectors, want[1])
+            if max_vocab is None:
+                assert emb.info["skipped"] == want[2]
+        checked += 1
+    assert checked > 100

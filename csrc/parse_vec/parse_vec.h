@@ -20,7 +20,6 @@ struct ParseVecArgs {
   int64_t offset = 0;          // byte offset of the first data line to parse (after any header)
   int64_t first_line = 1;      // 1-based line number of the line at offset, for messages
   Array out;                   // rows_cap × dim, float32, CPU, contiguous: filled row by row
-  Array out_lines;             // (rows_cap,) int64, CPU: the 1-based line number of each row
   bool skip_errors = false;    // true: skip malformed lines and count them; false: throw
   std::string source;          // file name, for messages ("fr.vec:17: ...")
 };
@@ -36,9 +35,10 @@ struct ParseVecResult {
 
 // Parses data lines "word v_1 ... v_dim" (separators: runs of ' ' or '\t'; '\r\n' line
 // ends accepted; blank lines ignored) until rows_cap rows are written or the text ends.
-// A malformed line (no values, a count other than dim, a non-numeric value, NaN/inf or a
-// value outside float32's range) throws std::invalid_argument "source:line: what", or is
-// skipped and counted when skip_errors is set. Values below float32's smallest normal
+// A malformed line (a word that is not valid UTF-8, no values, a count other than dim, a
+// non-numeric value, NaN/inf or a value outside float32's range) throws
+// std::invalid_argument "source:line: what", or is skipped and counted when skip_errors is
+// set: the rows' words always decode as UTF-8. Values below float32's smallest normal
 // round as strtof would (to a denormal or zero).
 ParseVecResult parse_vec(const ParseVecArgs& args);
 

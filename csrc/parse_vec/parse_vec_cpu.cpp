@@ -14,14 +14,45 @@ namespace {
 
 inline bool is_sep(char c) { return c == ' ' || c == '\t'; }
 
-// Length of the valid UTF-8 sequence at [p, e), or 0 if the bytes there are not one.
+// Length of the UTF-8 character at [p, e), or 0 if the bytes there are not one as Python's
+// decoder sees it: no overlong forms, no surrogates (U+D800..DFFF), nothing above U+10FFFF.
 int utf8_len(const unsigned char* p, const unsigned char* e) {
   const unsigned c = p[0];
-  const int n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-  if (n == 0 || e - p < n) return 0;
-  for (int i = 1; i < n; ++i)
+  if (c < 0x80) return 1;
+  int n;
+  unsigned lo = 0x80, hi = 0xBF;  // the range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;        // overlong
+    else if (c == 0xED) hi = 0x9F;   // surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;        // overlong
+    else if (c == 0xF4) hi = 0x8F;   // above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (e - p < n || p[1] < lo || p[1] > hi) return 0;
+  for (int i = 2; i < n; ++i)
     if ((p[i] & 0xC0) != 0x80) return 0;
   return n;
+}
+
+// Whether [b, e) is valid UTF-8; at the first bad byte, its offset goes to `at`.
+bool valid_utf8(const char* b, const char* e, int64_t& at) {
+  const auto* p = reinterpret_cast<const unsigned char*>(b);
+  const auto* end = reinterpret_cast<const unsigned char*>(e);
+  while (p < end) {
+    const int n = *p < 0x80 ? 1 : utf8_len(p, end);
+    if (n == 0) {
+      at = p - reinterpret_cast<const unsigned char*>(b);
+      return false;
+    }
+    p += n;
+  }
+  return true;
 }
 
 // The first ~24 bytes of a token, for messages (the rest of a bad line can be huge), cut at
@@ -197,15 +228,10 @@ ParseVecResult parse_vec(const ParseVecArgs& a) {
   require_shape(a.out, {-1, -1});
   require_contiguous(a.out);
   PYZSL_CHECK(a.out.device == Device::CPU, a.out.name, ": must be on the CPU");
-  require_dtype(a.out_lines, DType::Int64);
-  require_shape(a.out_lines, {a.out.size(0)});
-  require_contiguous(a.out_lines);
-  PYZSL_CHECK(a.out_lines.device == Device::CPU, a.out_lines.name, ": must be on the CPU");
   PYZSL_CHECK(a.offset >= 0 && a.offset <= a.size, "offset ", a.offset, " outside [0, ", a.size, "]");
   const int64_t cap = a.out.size(0), dim = a.out.size(1);
   PYZSL_CHECK(dim > 0, "dim must be positive, got ", dim);
   float* X = a.out.ptr<float>();
-  int64_t* L = a.out_lines.ptr<int64_t>();
 
   ParseVecResult r;
   r.words.reserve(static_cast<size_t>(cap) * 10);
@@ -226,8 +252,12 @@ ParseVecResult parse_vec(const ParseVecArgs& a) {
     const char* w = p;
     while (w < e && !is_sep(*w)) ++w;
     why.clear();
+    int64_t bad_at = 0;
     if (w == p) {
       why = "line starts with a separator (empty word)";
+    } else if (!valid_utf8(p, w, bad_at)) {
+      // checked here, in line order, so that the error names the first bad line
+      why = "word is not valid UTF-8 (byte " + std::to_string(bad_at) + " of '" + excerpt(p, w) + "')";
     } else if (w == e) {
       why = "no values after the word '" + excerpt(p, w) + "' (expected " + std::to_string(dim) + ")";
     } else {
@@ -262,7 +292,6 @@ ParseVecResult parse_vec(const ParseVecArgs& a) {
     } else {
       if (r.rows) r.words.push_back('\n');
       r.words.append(p, w);
-      L[r.rows] = line;
       ++r.rows;
     }
     p = next;

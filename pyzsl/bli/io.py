@@ -228,26 +228,6 @@ def _detect_format(buf, source: str, skip: bool) -> tuple[int, int, int, tuple[i
     return off, 1, dim, None
 
 
-def _decode_words(blob: bytes, lines: np.ndarray, source: str, skip: bool) -> tuple[list[str], np.ndarray | None]:
-    """'\\n'-joined UTF-8 words → list; invalid UTF-8: error naming the line, or rows to drop."""
-    try:
-        return blob.decode("utf-8").split("\n"), None
-    except UnicodeDecodeError as e:
-        row = blob.count(b"\n", 0, e.start)
-        if not skip:
-            at = e.start - (blob.rfind(b"\n", 0, e.start) + 1)
-            raise ValueError(f"{source}:{int(lines[row])}: word is not valid UTF-8 "
-                             f"({e.reason} at byte {at} of the word)") from None
-    words, bad = [], []
-    for i, w in enumerate(blob.split(b"\n")):
-        try:
-            words.append(w.decode("utf-8"))
-        except UnicodeDecodeError:
-            words.append("")
-            bad.append(i)
-    return words, np.asarray(bad, dtype=np.int64)
-
-
 def _load_text(pieces: Iterator, source: str, max_vocab: int | None, lower: bool,
                skip: bool) -> Embeddings:
     C = _ext()
@@ -268,24 +248,19 @@ def _load_text(pieces: Iterator, source: str, max_vocab: int | None, lower: bool
             need = None if max_vocab is None else max_vocab - len(index)
             cap = C.count_lines(piece, off, -1 if need is None else need)
             X = np.empty((cap, dim), dtype=np.float32)
-            L = np.empty(cap, dtype=np.int64)
             blob, rows, skipped, off, line, first_error = C.parse_vec(
-                piece, X, L, off, line, skip, source)
+                piece, X, off, line, skip, source)
             info["skipped"] += skipped
             if first_error and not info["first_error"]:
                 info["first_error"] = first_error
             info["lines"] = line - 1
             if rows == 0:
                 continue
-            new, bad = _decode_words(blob, L[:rows], source, skip)
+            new = blob.decode("utf-8").split("\n")  # the parser checked each word's UTF-8
             if lower:
                 new = [w.lower() for w in new]
-            keep = _dedupe(new, index, words, bad)
-            dropped = rows - len(keep) - (0 if bad is None else len(bad))
-            info["duplicates"] += dropped
-            info["skipped"] += 0 if bad is None else len(bad)
-            if bad is not None and len(bad) and not info["first_error"]:
-                info["first_error"] = f"{source}:{int(L[bad[0]])}: word is not valid UTF-8"
+            keep = _dedupe(new, index, words)
+            info["duplicates"] += rows - len(keep)
             if len(keep) == rows and rows >= 0.9 * cap:
                 blocks.append(X[:rows])
             else:
@@ -312,17 +287,15 @@ def _load_text(pieces: Iterator, source: str, max_vocab: int | None, lower: bool
     return emb
 
 
-def _dedupe(new: list[str], index: dict[str, int], words: list[str],
-            bad: np.ndarray | None) -> list[int]:
+def _dedupe(new: list[str], index: dict[str, int], words: list[str]) -> list[int]:
     """Appends the new distinct words to ``words``/``index``; returns the rows kept."""
-    if bad is None and not index and len(set(new)) == len(new):
+    if not index and len(set(new)) == len(new):
         index.update(zip(new, range(len(new))))
         words.extend(new)
         return list(range(len(new)))
-    skip = set() if bad is None else set(bad.tolist())
     keep = []
     for i, w in enumerate(new):
-        if i in skip or w in index:
+        if w in index:
             continue
         index[w] = len(words)
         words.append(w)
