@@ -1,5 +1,6 @@
 """pyzsl.zsl: classifier, ESZSL, calibrated stacking, metrics, persistence, input checks."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -183,6 +184,16 @@ def test_load_rejects_wrong_files(tmp_path):
         load_model(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         load_model(tmp_path / "missing.npz")
+    # damaged or foreign files: a ValueError naming the file, whatever numpy raised
+    good = (tmp_path / "e.npz").read_bytes()
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    np.savez(tmp_path / "meta.npz", meta=np.array('{"kind": "ESZSL"}'))
+    bad = {"trunc.npz": good[: len(good) // 2], "junk.npz": bytes(range(256)) * 3,
+           "a.npz": (tmp_path / "a.npy").read_bytes(), "meta.npz": (tmp_path / "meta.npz").read_bytes()}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}: not a pyzsl.zsl model file")):
+            load_model(tmp_path / name)
     with pytest.raises(RuntimeError, match="not fitted"):
         ESZSL().save(tmp_path / "x.npz")
 

@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -377,30 +378,42 @@ class BilinearZSL:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                raise ValueError(f"{path}: not a pyzsl.zsl model file (no 'meta' entry)")
-            meta = json.loads(str(z["meta"]))
+        try:
+            with open(path, "rb") as f:  # ours to close, whatever np.load makes of the bytes
+                z = np.load(f, allow_pickle=False)
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("a single .npy array")
+                if "meta" not in z.files:
+                    raise ValueError("no 'meta' entry")
+                meta = json.loads(str(z["meta"]))
+                arrays = {k: z[k] for k in z.files if k != "meta"}
             kind = meta.get("kind")
-            if kind not in _REGISTRY:
-                raise ValueError(f"{path}: unknown model kind {kind!r}")
-            target = _REGISTRY[kind]
-            if cls is not BilinearZSL and not issubclass(target, cls):
-                raise ValueError(f"{path}: holds a {kind}, not a {cls.__name__}")
             params = dict(meta["params"])
-            if "dtype" in params:
-                params["dtype"] = getattr(torch, params["dtype"])
-            if device is not None:
-                params["device"] = str(device)
-            model = target(**params)
-            dev = model.device
-            model.classes_ = z["classes"].astype(np.int64)
-            model.n_features_in_ = int(meta["n_features_in"])
-            model.n_class_features_ = int(meta["n_class_features"])
-            model.M_ = torch.from_numpy(z["M"]).to(dev, model.dtype) if "M" in z.files else None
-            model.input_mean_ = torch.from_numpy(z["input_mean"]).to(dev, model.dtype) if "input_mean" in z.files else None
-            model.class_mean_ = torch.from_numpy(z["class_mean"]).to(dev, model.dtype) if "class_mean" in z.files else None
-            model.reference_ = torch.from_numpy(z["reference"]).to(dev, model.dtype) if "reference" in z.files else None
+            n_in, n_cls, classes = int(meta["n_features_in"]), int(meta["n_class_features"]), arrays["classes"]
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, EOFError, UnicodeDecodeError,
+                zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not a pyzsl.zsl model file ({type(e).__name__}: {e})") from e
+        if kind not in _REGISTRY:
+            raise ValueError(f"{path}: unknown model kind {kind!r}")
+        target = _REGISTRY[kind]
+        if cls is not BilinearZSL and not issubclass(target, cls):
+            raise ValueError(f"{path}: holds a {kind}, not a {cls.__name__}")
+        if "dtype" in params:
+            params["dtype"] = getattr(torch, params["dtype"])
+        if device is not None:
+            params["device"] = str(device)
+        model = target(**params)
+        dev = model.device
+
+        def tensor(name: str) -> Tensor | None:
+            return torch.from_numpy(arrays[name]).to(dev, model.dtype) if name in arrays else None
+
+        model.classes_ = classes.astype(np.int64)
+        model.n_features_in_, model.n_class_features_ = n_in, n_cls
+        model.M_ = tensor("M")
+        model.input_mean_ = tensor("input_mean")
+        model.class_mean_ = tensor("class_mean")
+        model.reference_ = tensor("reference")
         return model
 
 
