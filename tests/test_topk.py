@@ -245,3 +245,30 @@ def test_both_ways_bad_arguments():
     assert rj.shape == (4, 6) and cj.shape == (6, 4)
     with pytest.raises(ValueError, match="columns"):
         topk_both_ways(V, torch.randn(6, 2), 2)
+
+
+def test_masked_nonfinite_bias_is_an_error_too(device):
+    # the CPU checks every bias of a tile; the CUDA kernel must agree for masked classes
+    V, _, T = make(2, 4, 4, 3, device)
+    for bad in (float("inf"), float("nan")):
+        bias = torch.tensor([0.0, bad, 0.0], dtype=V.dtype, device=device)
+        mask = torch.tensor([True, False, True], device=device)
+        with pytest.raises(ValueError, match="non-finite"):
+            bilinear_topk(V, None, T, 1, mask, bias, backend="pyzsl")
+
+
+def test_k_above_the_cuda_limit(device):
+    from pyzsl.bli.retrieval import resolve_backend
+    from pyzsl.ops.topk import CUDA_MAX_K
+
+    k = CUDA_MAX_K + 7
+    V, _, T = make(3, 5, 5, k + 20, device)
+    want = ref.bilinear_topk(V, None, T, k)
+    assert_same_topk(bilinear_topk(V, None, T, k), want)  # auto: the kernel, or the reference on CUDA
+    if torch.device(device).type == "cuda":
+        with pytest.raises(ValueError, match=f"k <= {CUDA_MAX_K}"):
+            bilinear_topk(V, None, T, k, backend="pyzsl")
+        assert resolve_backend("auto", V, k) != "pyzsl" and resolve_backend("auto", V, CUDA_MAX_K) == "pyzsl"
+    else:  # the CPU kernel takes any k
+        assert_same_topk(bilinear_topk(V, None, T, k, backend="pyzsl"), want)
+        assert resolve_backend("auto", V, k) == "pyzsl"

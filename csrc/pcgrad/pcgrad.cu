@@ -1,4 +1,5 @@
-// CUDA Gram + PCGrad: three launches on the caller's stream, no host synchronisation.
+// CUDA Gram + PCGrad: three launches on the caller's stream; the host never waits for the
+// device, except as the small descriptor upload from pageable memory may (see below).
 //
 //   gram_kernel     one read of G. Each warp owns a stream of 32-column chunks and keeps
 //                   the whole (≤ 32×32) upper Gram in FP64 tensor-core accumulators
@@ -72,6 +73,9 @@ Plan make_plan(int64_t T, const std::vector<int64_t>& P, DType dtype, int device
   p.L = static_cast<int64_t>(P.size());
   p.npairs = T * (T + 1) / 2;
   p.nsuper = (T + 31) / 32;
+  // one Gram grid row per pair of 32-task super-blocks, and a grid has at most 65535 rows
+  PYZSL_CHECK(p.nsuper * (p.nsuper - 1) / 2 <= 65535, "G: the CUDA Gram takes at most 11585 tasks, got T=", T,
+              " (pass CPU tensors for more)");
   const int sms = sm_count(device);
   int64_t total = 0;
   for (int64_t x : P) total += x;
@@ -534,8 +538,9 @@ void pcgrad_cuda(const PCGradArgs& a, uintptr_t stream) {
     vec_out &= ok && (d.out == nullptr || aligned16(d.out));
   }
 
-  // Descriptors and block maps: one small host-to-device copy from pageable memory (staged,
-  // no device synchronisation), on the caller's stream before the kernels that read them.
+  // Descriptors and block maps: one small host-to-device copy from pageable memory, on the
+  // caller's stream before the kernels that read them. The runtime stages pageable memory and
+  // may make the host wait for the stream here (a pinned buffer would avoid it).
   const cudaStream_t st = as_stream(stream);
   char* ws = static_cast<char*>(a.workspace.data);
   std::vector<char> host(p.upload_bytes, 0);

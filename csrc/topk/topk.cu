@@ -35,10 +35,11 @@ __global__ void topk_tile_kernel(const float* __restrict__ S, const float* __res
   for (int64_t j = lane; j < n; j += 32) {
     const float raw = row[j];
     const float s = bias ? raw + bias[col0 + j] : raw;
-    // a NaN or ±inf score, or a NaN bias, is an error wherever it is (as on the CPU); a
-    // finite score + bias that overflows only where it could be picked: unmasked, above thr
+    // a NaN or ±inf score, or a NaN or +inf bias, is an error wherever it is, masked or not
+    // (as on the CPU); a finite score + bias that overflows only where it could be picked:
+    // unmasked, above thr
     if (!(s > thr) || (mask && !mask[col0 + j])) {
-      nonfinite |= isnan(s) || isinf(raw);
+      nonfinite |= isnan(s) || isinf(raw) || (bias && bias[col0 + j] == INFINITY);
       continue;
     }
     if (!isfinite(s)) {

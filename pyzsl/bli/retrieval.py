@@ -104,8 +104,9 @@ def _faiss_available() -> bool:
         return False
 
 
-def resolve_backend(backend: str, x: Tensor) -> str:
-    """The backend that :func:`topk` will use for data like ``x``."""
+def resolve_backend(backend: str, x: Tensor, k: int = 1) -> str:
+    """The backend that :func:`topk` will use for a top-``k`` on data like ``x`` (``auto``
+    passes the kernel over where it cannot run, e.g. k > 256 on CUDA)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "faiss" and x.dtype != torch.float32:
@@ -115,8 +116,9 @@ def resolve_backend(backend: str, x: Tensor) -> str:
         return backend
     try:
         from pyzsl.ops._tensor import kernel_supports
+        from pyzsl.ops.topk import k_supported
 
-        if kernel_supports(x):
+        if kernel_supports(x) and k_supported(x, k):
             return "pyzsl"
     except ImportError:  # no compiled core: fall through to the others
         pass
@@ -155,7 +157,7 @@ def topk(Q: Matrix, T: Matrix, k: int, bias: Tensor | None = None, *, backend: s
     k = min(k, C)
     if bias is not None:
         bias = _as_vector(bias, "bias", C, like=Q).contiguous()
-    be = resolve_backend(backend, Q)
+    be = resolve_backend(backend, Q, k)
     if Q.shape[0] == 0:
         return (torch.empty(0, k, dtype=Q.dtype, device=Q.device),
                 torch.empty(0, k, dtype=torch.int64, device=Q.device))
@@ -298,7 +300,7 @@ def topk_both_ways(Q: Matrix, T: Matrix, k: int, *, backend: str = "auto", chunk
     _positive_int(k, "k")
     if Q.shape[0] == 0 or T.shape[0] == 0:
         raise ValueError(f"Q and T: need at least one row each, got {Q.shape[0]} and {T.shape[0]}")
-    if resolve_backend(backend, Q) == "pyzsl":
+    if resolve_backend(backend, Q, k) == "pyzsl":
         from pyzsl.ops.topk import topk_both_ways as fused
 
         return fused(Q.contiguous(), T.contiguous(), min(k, T.shape[0]), min(k, Q.shape[0]))
@@ -310,7 +312,7 @@ def _near_and_biased(Q: Tensor, T: Tensor, knn: int, k: int, bias: Tensor, backe
                      chunk_bytes: int = _CHUNK_BYTES):
     """``(top-knn of Q Tᵀ, top-k of Q Tᵀ + bias)``, each ``(values, indices)``: CSLS's r_Q and
     its retrieval. With the kernel one sweep (each score tile feeds both), otherwise two."""
-    if resolve_backend(backend, Q) == "pyzsl" and Q.shape[0] > 0:
+    if resolve_backend(backend, Q, max(knn, k)) == "pyzsl" and Q.shape[0] > 0:
         from pyzsl.ops.topk import bilinear_topk_heads
 
         return bilinear_topk_heads(Q.contiguous(), None, T.contiguous(), [(knn, None, None), (k, None, bias)])

@@ -13,7 +13,9 @@ the CPU. For ``reduction`` sum/mean the gradients are produced in the forward sw
 backward with the per-row weights (four passes).
 
 GEMMs run in the caller's precision settings: on CUDA, float32 GEMMs use TF32 exactly
-when ``torch.backends.cuda.matmul.allow_tf32`` (or ``fp32_precision="tf32"``) is on.
+when ``torch.backends.cuda.matmul.allow_tf32`` (or ``fp32_precision="tf32"``) is on. The
+positive score ``s_{b,y_b}`` is always a full float32 dot product, so under TF32 it differs
+from the reference's (taken from its TF32 score matrix) by TF32's rounding (~1e-3 relative).
 """
 from __future__ import annotations
 

@@ -210,7 +210,8 @@ def pcgrad(
             PCGrad: each block projected with its own Gram, the task orders shared).
         order: T×T int64, row i a permutation of 0..T-1: the order in which g_i is projected
             against the others (its own index skipped). Given, CPU, CUDA and the reference
-            agree exactly on which projections happen.
+            make the same projections, except where a dot product is within rounding of 0
+            (each sums in its own order).
         generator: draws ``order`` when it is not given (one ``randperm(T)`` per row, on the
             generator's device; the default CPU generator when None).
         reduction: ``"sum"`` of the projected gradients, or their ``"mean"``.

@@ -90,9 +90,24 @@ def bilinear_topk(
     """
     V, M, T = _check_matrices(V, M, T)
     head = _check_head(V, T.shape[0], k, class_mask, class_bias)
-    if pick_backend(backend, V) == "torch":
+    be = pick_backend(backend, V)
+    if be == "pyzsl" and not k_supported(V, head[0]):
+        if backend != "auto":
+            raise ValueError(f"k={head[0]}: the CUDA top-k takes k <= {CUDA_MAX_K}; use backend='auto' "
+                             "(the reference above that) or 'torch'")
+        be = "torch"
+    if be == "torch":
         return _reference.bilinear_topk(V, M, T, *head)
     return _sweep(V, M, T, [head], tile_elems)[0]
+
+
+# The largest k of the CUDA kernel (csrc/topk/topk.cu keeps each lane's list in registers).
+CUDA_MAX_K = 256
+
+
+def k_supported(x: Tensor, k: int) -> bool:
+    """Whether the kernel takes a top-``k`` on ``x``'s device (any k on the CPU)."""
+    return not x.is_cuda or k <= CUDA_MAX_K
 
 
 @torch.no_grad()
