@@ -278,3 +278,15 @@ def test_no_rows(reduction):
     assert torch.equal(ours.nan_to_num(), want.nan_to_num())
     for g in torch.autograd.grad(ours.sum(), (V, M, T)):
         assert g.abs().sum() == 0
+
+
+def test_nonfinite_errors_name_the_input_or_say_overflow():
+    V, M, T = torch.randn(3, 4), torch.eye(4), torch.randn(5, 4)
+    y = torch.tensor([0, 1, 2])
+    for name in ("V", "M", "T"):
+        args = {"V": V.clone(), "M": M.clone(), "T": T.clone()}
+        args[name][0, 1] = float("nan")
+        with pytest.raises(ValueError, match=rf"NaN/inf\) in {name}$"):
+            bilinear_hinge_loss(args["V"], args["M"], args["T"], y)
+    with pytest.raises(ValueError, match="V, M, T are finite, but their products overflowed"):
+        bilinear_hinge_loss(V * 1e20, M, T * 1e20, y)

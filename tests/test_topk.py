@@ -272,3 +272,13 @@ def test_k_above_the_cuda_limit(device):
     else:  # the CPU kernel takes any k
         assert_same_topk(bilinear_topk(V, None, T, k, backend="pyzsl"), want)
         assert resolve_backend("auto", V, k) == "pyzsl"
+
+
+def test_nonfinite_errors_name_the_input_or_say_overflow():
+    V, T = torch.randn(3, 4), torch.randn(5, 4)
+    bias = torch.zeros(5)
+    bias[2] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN/inf\) in class_bias$"):
+        bilinear_topk(V, None, T, 2, class_bias=bias)
+    with pytest.raises(ValueError, match=r"^non-finite score: V, T are finite, but their products overflowed"):
+        bilinear_topk(V * 1e20, None, T * 1e20, 2)

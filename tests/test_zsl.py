@@ -14,6 +14,7 @@ from pyzsl.zsl import (
     calibration_curve,
     choose_seen_penalty,
     evaluate_gzsl,
+    evaluate_zsl,
     gzsl_accuracy,
     harmonic_mean,
     load_model,
@@ -170,6 +171,7 @@ def test_save_load_round_trip(tmp_path, make):
     np.testing.assert_array_equal(r.predict_topk(X, T, 5)[0], m.predict_topk(X, T, 5)[0])
     np.testing.assert_array_equal(r.decision_function(X, T), m.decision_function(X, T))
     assert type(type(m).load(path)) is type(m)
+    assert r.fit_time_ == m.fit_time_ and getattr(r, "loss_curve_", None) == getattr(m, "loss_curve_", None)
     m.save(path)  # overwriting works (os.replace)
     assert sorted(os.listdir(path.parent)) == ["model.npz"]
 
@@ -299,10 +301,12 @@ def test_calibration_with_candidates_without_unseen_classes(gzsl_setup):
     m, X, y, T, held, te_u = gzsl_setup
     c = calibration_curve(m, T, X[held], y[held], X[held], y[held], candidates=m.classes_)
     assert np.all(c.seen == c.seen[0]) and np.all(c.unseen == c.seen[0])  # nothing to trade off
-    # no seen candidate: the rows of X are still checked against the labels, on both sides
+    # no seen candidate: the seen samples could never be right, which is refused by name
     unseen = np.arange(20, 30)
+    with pytest.raises(ValueError, match=r"y_seen: \d+ class\(es\) not among the candidates"):
+        calibration_curve(m, T, X[held], y[held], X[te_u], y[te_u], candidates=unseen)
     with pytest.raises(ValueError, match=r"y_unseen: \d+ labels but X has 1 rows"):
-        calibration_curve(m, T, X[held], y[held], X[te_u][:1], y[te_u], candidates=unseen)
+        calibration_curve(m, T, X[held], y[held], X[te_u][:1], y[te_u])
 
 
 def _exact_tie_setup(dtype, device, seed=0):
@@ -756,3 +760,32 @@ def test_load_device_overrides_the_saved_one(tmp_path):
     r = load_model(tmp_path / "gpu.npz", device="cpu")
     assert r.device == "cpu" and r.M_.device.type == "cpu"
     np.testing.assert_array_equal(r.decision_function(X, T), m.decision_function(X, T))
+
+
+def test_set_params_moves_a_fitted_model_to_the_new_dtype():
+    X, y, T = toy()
+    m = ESZSL().fit(X[y < 9], y[y < 9], T)
+    before = m.decision_function(X, T)
+    m.set_params(dtype=torch.float64)
+    assert m.M_.dtype == torch.float64
+    np.testing.assert_allclose(m.decision_function(X, T), before, rtol=1e-5, atol=1e-6)
+
+
+def test_labels_outside_the_candidates_are_refused():
+    X, y, T = toy()
+    m = CosineZSL().fit(X[y < 9], y[y < 9], T)
+    unseen = y >= 9
+    with pytest.raises(ValueError, match=r"y: \d+ class\(es\) not among the candidates"):
+        evaluate_zsl(m, T, X[unseen], y[unseen], candidates=np.unique(y[unseen])[:1])
+
+
+def test_fit_errors_name_the_row_of_class_embeddings():
+    X, y, T = toy()
+    classes = np.unique(y[y < 9])
+    T = np.array(T, dtype=np.float32)
+    T[classes[-1]] = 0
+    with pytest.raises(ValueError, match=rf"zero vector \(row {classes[-1]}\)"):
+        ESZSL(normalize_classes=True).fit(X[y < 9], y[y < 9], T)
+    T[classes[-1]] = np.nan
+    with pytest.raises(ValueError, match=rf"first at row {classes[-1]},"):
+        small().fit(X[y < 9], y[y < 9], T)

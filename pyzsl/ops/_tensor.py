@@ -195,6 +195,20 @@ def map_classes_first(B: int, C: int, dv: int, dt: int, needs: tuple[bool, bool,
     return by_cols < by_rows
 
 
-def raise_if_nonfinite(status: Tensor, what: str) -> None:
-    if int(status.item()) != 0:
-        raise ValueError(f"non-finite value (NaN or inf) in {what}")
+def raise_if_nonfinite(status: Tensor, inputs: dict[str, Any]) -> None:
+    """After a kernel: a non-finite score is an error naming the inputs that hold NaN/inf
+    (``inputs``: name → tensor, None or a list of them), or saying the scores overflowed."""
+    if int(status.item()) == 0:
+        return
+    given = {n: x for n, x in inputs.items()
+             if x is not None and not (isinstance(x, (list, tuple)) and all(t is None for t in x))}
+
+    def bad(x) -> bool:
+        if isinstance(x, (list, tuple)):
+            return any(bad(t) for t in x)
+        return x is not None and not bool(torch.isfinite(x).all())
+    names = [n for n, x in given.items() if bad(x)]
+    if names:
+        raise ValueError(f"non-finite value (NaN/inf) in {', '.join(names)}")
+    raise ValueError(f"non-finite score: {', '.join(given)} are "
+                     "finite, but their products overflowed the floating-point range (scale the inputs down)")

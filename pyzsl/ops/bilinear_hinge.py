@@ -54,7 +54,7 @@ def _columns(B: int, C: int, x: Tensor, tile_elems: int | None) -> int:
 
 
 def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems, want_dU=True,
-           want_dT=True):
+           want_dT=True, inputs=None):
     """One pass over the class tiles.
 
     Returns per-row loss (B,), the hardest violator per row (B,) and, with ``want_grad``
@@ -95,7 +95,7 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
                 dU.addmm_(S, Tc)
             if want_dT:
                 torch.mm(S.T, WU, out=dT[c0:c1])
-    raise_if_nonfinite(status, "the scores (V, M or T contains NaN/inf)")
+    raise_if_nonfinite(status, inputs if inputs is not None else {"U": U, "T": T})
     if want_grad:
         # the true class's column: dL/ds_{b,y_b} = -count_b
         cnt = count.to(dt)
@@ -122,7 +122,7 @@ class _BilinearHinge(torch.autograd.Function):
         want_dR = need_m or need_t if by_cols else need_t
         early = (want_dL or want_dR) and not hardest and reduction != "none"
         per_row, best_idx, dL, dR = _sweep(L, R, y, margin, class_mask, hardest, early, None, tile_elems,
-                                           want_dU=want_dL, want_dT=want_dR)
+                                           want_dU=want_dL, want_dT=want_dR, inputs={"V": V, "M": M, "T": T})
         B = V.shape[0]
         scale = 1.0 / max(B, 1) if reduction == "mean" else 1.0
         ctx.reduction, ctx.hardest, ctx.margin, ctx.tile_elems = reduction, hardest, margin, tile_elems

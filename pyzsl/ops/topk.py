@@ -5,6 +5,7 @@ embedding spaces: ``M=None``, or the mapping) and CSLS (the bias is ``-r_T / 2``
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,8 +40,9 @@ def _check_matrices(V, M, T):
 
 def _check_head(V, C, k, class_mask, class_bias):
     """One (k, class_mask, class_bias) request over C classes, validated against V."""
-    if not isinstance(k, int) or not 1 <= k <= C:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= C:
         raise ValueError(f"k: expected an int in [1, {C}] (the number of classes), got {k!r}")
+    k = int(k)
     if class_mask is not None:
         class_mask = check(as_tensor(class_mask, "class_mask"), "class_mask", dtypes=(torch.bool,),
                            like=V, shape=(C,), contiguous=True)
@@ -161,6 +163,7 @@ def _sweep(V, M, T, heads, tile_elems, k_cols=0):
     """The row heads' top-k's, then (``k_cols > 0``) the columns' top-``k_cols`` last."""
     C_ext = load_extension()
     B, C = V.shape[0], T.shape[0]
+    inputs = {"V": V, "M": M, "T": T, "class_bias": [h[2] for h in heads]}
     if M is not None and map_classes_first(B, C, V.shape[1], T.shape[1]):
         T, M = gemm(T, M, out=T.new_empty(C, V.shape[1])), None  # few classes: score V against T M
     U = V if M is None else gemm(V, M.T, out=V.new_empty(B, M.shape[0]))  # the tiles' BLAS
@@ -192,5 +195,5 @@ def _sweep(V, M, T, heads, tile_elems, k_cols=0):
                 cv, ci = out[-1]
                 C_ext.topk_tile(view(St), None, None, view(cv[c0:c1]), view(ci[c0:c1]), view(status),
                                 r0, B, s, threads)
-    raise_if_nonfinite(status, "V, M, T or class_bias")
+    raise_if_nonfinite(status, inputs)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import numbers
 import os
 import zipfile
 from pathlib import Path
@@ -29,8 +30,10 @@ ArrayLike = Any  # numpy array, torch tensor or nested sequence
 
 
 # --------------------------------------------------------------------------- input checks
-def as_matrix(a: ArrayLike, name: str, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-    """2-D, non-empty, finite float tensor on ``device`` (a copy only where dtype/device differ)."""
+def as_matrix(a: ArrayLike, name: str, dtype: torch.dtype, device: torch.device | str,
+              row_ids: np.ndarray | None = None) -> Tensor:
+    """2-D, non-empty, finite float tensor on ``device`` (a copy only where dtype/device differ).
+    ``row_ids[i]``: the caller's index of row i, for messages (rows picked out of a larger array)."""
     if isinstance(a, Tensor):
         t = a.detach()
     else:
@@ -49,8 +52,14 @@ def as_matrix(a: ArrayLike, name: str, dtype: torch.dtype, device: torch.device 
     t = t.to(device=device, dtype=dtype).contiguous()
     if not torch.isfinite(t).all():
         bad = (~torch.isfinite(t)).nonzero()[0].tolist()
-        raise ValueError(f"{name}: contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
+        row = bad[0] if row_ids is None else int(row_ids[bad[0]])
+        raise ValueError(f"{name}: contains NaN or infinite values (first at row {row}, column {bad[1]})")
     return t
+
+
+def _real(v: Any) -> bool:
+    """A real number (Python or numpy scalar), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def as_labels(y: ArrayLike, name: str, n_rows: int, n_classes: int) -> np.ndarray:
@@ -94,10 +103,12 @@ def as_class_set(c: ArrayLike, name: str, n_classes: int) -> np.ndarray:
     return arr
 
 
-def l2_normalize(A: Tensor, name: str = "A") -> Tensor:
+def l2_normalize(A: Tensor, name: str = "A", row_ids: np.ndarray | None = None) -> Tensor:
+    """Rows to unit norm; a zero row is an error naming it (``row_ids[i]``: the caller's index of row i)."""
     n = A.norm(dim=1, keepdim=True)
     if bool((n == 0).any()):
-        raise ValueError(f"{name}: cannot L2-normalise a zero vector (row {int((n[:, 0] == 0).nonzero()[0])})")
+        row = int((n[:, 0] == 0).nonzero()[0])
+        raise ValueError(f"{name}: cannot L2-normalise a zero vector (row {row if row_ids is None else int(row_ids[row])})")
     return A / n
 
 
@@ -136,7 +147,8 @@ class BilinearZSL:
 
     def set_params(self, **params: Any) -> "BilinearZSL":
         """Change constructor arguments (checked as the constructor does); returns self. A fitted
-        model keeps its fit; the new settings apply to the next ``fit`` or prediction."""
+        model keeps its fit, moved to a new ``dtype``/``device``; the other settings apply to the
+        next ``fit`` or prediction."""
         bad = sorted(set(params) - set(self._param_names))
         if bad:
             raise ValueError(f"{type(self).__name__}.set_params: unknown parameter(s) {bad}; "
@@ -144,6 +156,11 @@ class BilinearZSL:
         new = {**self.get_params(), **params}
         type(self)(**new)  # checks every value before anything of self changes
         type(self).__init__(self, **new)  # type: ignore[misc]
+        for name in ("M_", "input_mean_", "class_mean_", "reference_"):  # the fit follows dtype/device
+            v = getattr(self, name, None)
+            if isinstance(v, Tensor):
+                setattr(self, name, v.to(self.device, self.dtype))
+        self._hub_cache = None
         return self
 
     def __repr__(self) -> str:
@@ -359,6 +376,9 @@ class BilinearZSL:
             "n_features_in": int(self.n_features_in_),
             "n_class_features": int(self.n_class_features_),
             "format": 1,
+            # what the fit recorded, kept for inspection (absent in older files)
+            "fit_time": getattr(self, "fit_time_", None),
+            "loss_curve": getattr(self, "loss_curve_", None),
         }
         arrays = {"meta": np.array(json.dumps(meta)), "classes": self.classes_}
         if self.M_ is not None:
@@ -410,6 +430,9 @@ class BilinearZSL:
 
         model.classes_ = classes.astype(np.int64)
         model.n_features_in_, model.n_class_features_ = n_in, n_cls
+        for key in ("fit_time", "loss_curve"):
+            if meta.get(key) is not None:
+                setattr(model, key + "_", meta[key])
         model.M_ = tensor("M")
         model.input_mean_ = tensor("input_mean")
         model.class_mean_ = tensor("class_mean")

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from pyzsl import ops as _ops
-from pyzsl.zsl._base import ArrayLike, BilinearZSL, as_labels, as_matrix, l2_normalize
+from pyzsl.zsl._base import ArrayLike, BilinearZSL, _real, as_labels, as_matrix, l2_normalize
 
 __all__ = ["ZeroShotClassifier", "CosineZSL"]
 
@@ -68,7 +68,7 @@ class _Prep(BilinearZSL):
         if classes.size < 2:
             raise ValueError(f"y: needs at least 2 distinct classes to train on, got {classes.size}")
         rows = Tall[torch.from_numpy(classes)] if isinstance(Tall, torch.Tensor) else Tall[classes]
-        T = as_matrix(rows, "class_embeddings (rows of the classes in y)", self.dtype, self.device)
+        T = as_matrix(rows, "class_embeddings (rows of the classes in y)", self.dtype, self.device, classes)
         self.classes_ = classes
         self.n_features_in_ = int(V.shape[1])
         self.n_class_features_ = int(T.shape[1])
@@ -82,7 +82,7 @@ class _Prep(BilinearZSL):
         if self.normalize_inputs:
             V = l2_normalize(V, "X")
         if self.normalize_classes:
-            T = l2_normalize(T, "class_embeddings")
+            T = l2_normalize(T, "class_embeddings", classes)
         # CSLS reference set: the (prepared) training inputs; the cache belongs to the old fit.
         self.reference_ = V.clone() if self.csls_k else None
         self._hub_cache = None
@@ -152,18 +152,18 @@ class ZeroShotClassifier(_Prep):
         progress: bool = True,
     ) -> None:
         self._set_common(normalize_inputs, normalize_classes, center, device, dtype, backend, csls_k)
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        if not (_real(margin) and math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
         if negatives not in ("sum", "max"):
             raise ValueError(f"negatives must be 'sum' or 'max', got {negatives!r}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        if not (_real(lr) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
             if not isinstance(v, (int, np.integer)) or v < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be an integer >= {0 if name == 'epochs' else 1}, got {v!r}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        if not (_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         if init not in ("auto", "identity", "random"):
             raise ValueError(f"init must be 'auto', 'identity' or 'random', got {init!r}")

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from pyzsl.zsl._base import ArrayLike
+from pyzsl.zsl._base import ArrayLike, _real
 from pyzsl.zsl.classifier import _Prep
 
 __all__ = ["ESZSL"]
@@ -58,7 +58,7 @@ class ESZSL(_Prep):
         for name, v in (("gamma", gamma), ("lam", lam)):
             # 0 would make the solves singular whenever N < dv or the seen classes < dt (15
             # classes in 384 dims on supersense), and solve returns finite garbage then
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (_real(v) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         if targets not in ("onehot", "pm1"):
             raise ValueError(f"targets must be 'onehot' or 'pm1', got {targets!r}")
