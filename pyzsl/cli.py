@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -247,10 +248,15 @@ def _resolve_files(args, src: Path | None, tgt: Path | None) -> tuple[Path, Path
     return src, tgt, None
 
 
-def _positive(args, name: str) -> None:
-    v = getattr(args, name, None)
-    if v is not None and v < 1:
-        raise UsageError(f"--{name.replace('_', '-')}: expected a positive number, got {v}")
+def _positive(args, *names: str) -> None:
+    """Checked before any work, by flag name: counts >= 1, and --beta a finite number > 0."""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive number, got {v}")
+    beta = getattr(args, "beta", None)
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
+        raise UsageError(f"--beta: expected a finite number > 0, got {beta}")
 
 
 # --------------------------------------------------------------------------- alignment
@@ -387,8 +393,7 @@ def _evaluate_all(args, al, test: Path, retrievals: Sequence[str]) -> dict:
 
 def cmd_align(args) -> int:
     t_start = time.perf_counter()
-    for n in ("max_vocab", "knn", "lexicon_k"):
-        _positive(args, n)
+    _positive(args, "max_vocab", "knn", "lexicon_k")
     src, tgt, default = _resolve_files(args, args.src, args.tgt)
     if default is not None:
         _say(args, f"no files given: the embedded French–Finnish default ({src.parent})")
@@ -495,7 +500,7 @@ def _read_words(args) -> list[str]:
 
 
 def cmd_translate(args) -> int:
-    _positive(args, "k")
+    _positive(args, "k", "max_vocab", "knn")
     words = _read_words(args)
     src, tgt, default = (args.src, args.tgt, None)
     if args.alignment is None:
@@ -523,7 +528,7 @@ def cmd_translate(args) -> int:
 
 def cmd_eval(args) -> int:
     t_start = time.perf_counter()
-    _positive(args, "knn")
+    _positive(args, "knn", "max_vocab")
     src, tgt, default = args.src, args.tgt, None
     if args.alignment is None:
         src, tgt, default = _resolve_files(args, args.src, args.tgt)

@@ -592,3 +592,9 @@ def test_parser_matches_the_oracle_on_random_malformed_files(tmp_path, monkeypat
                 assert emb.info["skipped"] == want[2]
         checked += 1
     assert checked > 100
+
+
+def test_dictionary_splits_as_the_vector_files_do(tmp_path):
+    # a no-break space inside a word stays part of it, as in the .vec reader
+    d = load_dictionary(write(tmp_path / "d.txt", "new\u00a0york uusi\u00a0york\nchat  kissa \r\n"))
+    assert d.pairs == [("new\u00a0york", "uusi\u00a0york"), ("chat", "kissa")]

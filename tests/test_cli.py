@@ -294,3 +294,42 @@ def test_malformed_files_name_file_and_line_and_write_nothing(toy, capsys):
          p / "bad_dict.txt", *outs], capsys, f"{p / 'bad_dict.txt'}:2:")
     assert not any((p / n).exists() for n in ("r.json", "l.tsv", "x.vec", "x.tgt.vec"))
     assert not [f for f in p.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_align_passes_seed_and_options_to_self_learning(toy, monkeypatch):
+    # heuristic seeds hold wrong pairs: self-learning must not keep them; the Procrustes options
+    # shape its final fit instead of being dropped
+    from pyzsl.bli.procrustes import VECMAP_SUPERVISED
+
+    sl = sys.modules["pyzsl.bli.self_learning"]  # the package exports a function of that name
+
+    seen = []
+    real = sl.self_learning
+    monkeypatch.setattr(sl, "self_learning", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    align(toy / "src.vec", toy / "tgt.vec.gz", seed="identical", self_learning=True, progress=False)
+    al = align(toy / "src.vec", toy / "tgt.vec.gz", train_dict=toy / "train.txt", self_learning=True,
+               method_options=VECMAP_SUPERVISED, progress=False)
+    assert seen[0]["keep_seed"] is False and "final_options" not in seen[0]
+    assert seen[1]["keep_seed"] is True and seen[1]["final_options"] == VECMAP_SUPERVISED
+    assert al.mapping.tgt is not None  # VecMap's re-weighting maps the target side too
+
+
+def test_lower_applies_to_every_input(toy):
+    from pyzsl.bli.io import load_embeddings
+
+    s, t = load_embeddings(toy / "src.vec"), load_embeddings(toy / "tgt.vec.gz")
+    upper = Embeddings([w.upper() for w in s.words], s.vectors)
+    pairs = [(a.upper(), b.upper()) for a, b in (line.split() for line in (toy / "train.txt").read_text().splitlines())]
+    al = align(upper, t, train_dict=pairs, lower=True, progress=False)
+    assert al.info["train_dict"]["pairs"] == 50 and al.src.words == s.words
+    assert al.evaluate(toy / "test.txt")["p@1"] == 1.0
+    dup = Embeddings(["A", "a", "b"], np.eye(3, dtype=np.float32)).lowercased()
+    assert dup.words == ["a", "b"] and np.array_equal(dup.vectors, np.eye(3, dtype=np.float32)[[0, 2]])
+
+
+def test_bad_numbers_are_refused_by_flag_before_any_work(capsys):
+    for argv, flag in ((["align", "--beta", "0", "--retrieval", "isf"], "--beta"),
+                       (["translate", "chat", "--max-vocab", "0"], "--max-vocab"),
+                       (["eval", "--beta", "nan"], "--beta")):
+        assert main(["bli", *argv, "-q"]) != 0
+        assert f"error: {flag}:" in capsys.readouterr().err

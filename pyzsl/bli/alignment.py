@@ -41,7 +41,8 @@ _FORMAT = "pyzsl.bli.Alignment/1"
 
 def _as_embeddings(x, name: str, max_vocab, lower) -> Embeddings:
     if isinstance(x, Embeddings):
-        return x.head(max_vocab) if max_vocab is not None and len(x) > max_vocab else x
+        x = x.head(max_vocab) if max_vocab is not None and len(x) > max_vocab else x
+        return x.lowercased() if lower else x
     if isinstance(x, (str, os.PathLike)):
         return load_embeddings(x, max_vocab=max_vocab, lower=lower)
     raise TypeError(f"{name}: expected a path or an Embeddings, got {type(x).__name__}")
@@ -340,10 +341,15 @@ def align(
     if self_learning:
         from pyzsl.bli.self_learning import self_learning as _self_learning
 
+        sl_opts = {"csls_knn": knn,
+                   # heuristic seeds (identical strings, numerals) hold wrong pairs: never kept
+                   "keep_seed": not isinstance(seed, str),
+                   # the Procrustes options (e.g. VecMap's whitening) shape the final fit
+                   **({"final_options": opts} if opts and method == "procrustes" else {}),
+                   **(self_learning_options or {})}
         res = _self_learning(X, Z, pairs if pairs is not None else "unsupervised",
                              src_words=s.words, tgt_words=t.words, backend=backend,
-                             device=dev, progress=progress,
-                             **{"csls_knn": knn, **(self_learning_options or {})})
+                             device=dev, progress=progress, **sl_opts)
         mapping = res.mapping
         info["self_learning_result"] = dict(objective=res.objective, iterations=res.n_iter,
                                      converged=res.converged, induced_pairs=int(res.dictionary.shape[0]),

@@ -25,6 +25,7 @@ from pyzsl._atomic import atomic_write
 log = logging.getLogger(__name__)
 
 _NUMERAL = re.compile(r"^[0-9]+$")  # VecMap's --init_numerals rule
+_SPACES = re.compile(r" +")
 
 
 def _vocab_index(v) -> dict[str, int] | None:
@@ -148,10 +149,11 @@ def load_dictionary(path: str | os.PathLike, src=None, tgt=None, lower: bool = F
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}:{no}: not valid UTF-8 ({e.reason})") from None
-        text = text.strip()
+        text = text.strip(" \t\r")
         if not text:
             continue
-        fields = [f.strip() for f in text.split("\t")] if "\t" in text else text.split()
+        # the separators of the vector files (a U+00A0 inside a word stays part of it)
+        fields = [f.strip(" ") for f in text.split("\t")] if "\t" in text else _SPACES.split(text)
         if len(fields) != 2 or not all(fields):
             raise ValueError(f"{path}:{no}: expected 'source target' (2 fields separated by "
                              f"spaces or a tab), got {len(fields)} field(s): {text[:60]!r}")
@@ -215,6 +217,8 @@ def as_dictionary(d, src=None, tgt=None, lower: bool = False) -> Dictionary:
         if not isinstance(d, Sequence) or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in d):
             raise TypeError("dictionary: expected a path, a Dictionary or a list of (source, target) pairs")
         d = Dictionary([tuple(p) for p in d])
+    if lower:
+        d = Dictionary([(s.lower(), t.lower()) for s, t in d], d.path)
     if src is not None or tgt is not None:
         d = d.restrict(src, tgt)
     return d

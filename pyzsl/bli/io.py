@@ -83,6 +83,16 @@ class Embeddings:
         """The first ``n`` words (files are usually sorted by frequency)."""
         return Embeddings(self.words[:n], self.vectors[:n], self.source, self.info)
 
+    def lowercased(self) -> "Embeddings":
+        """The words lowercased; a word that becomes a duplicate is dropped (the first kept),
+        as ``load_embeddings(..., lower=True)`` does."""
+        low = [w.lower() for w in self.words]
+        if low == self.words:
+            return self
+        first = dict(reversed([(w, i) for i, w in enumerate(low)]))  # word → its first row
+        rows = sorted(first.values())
+        return Embeddings([low[i] for i in rows], self.vectors[rows], self.source, self.info)
+
     def subset(self, words: Iterable[str]) -> "Embeddings":
         """The given words, in the given order; unknown words are a KeyError naming them."""
         words = list(dict.fromkeys(words))

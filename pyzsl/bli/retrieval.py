@@ -96,6 +96,12 @@ def _faiss():
     return faiss
 
 
+def _faiss_gpu() -> bool:
+    """Whether the installed faiss has GPU support and sees a GPU."""
+    faiss = _faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
 def _faiss_available() -> bool:
     try:
         _faiss()
@@ -122,7 +128,10 @@ def resolve_backend(backend: str, x: Tensor, k: int = 1) -> str:
             return "pyzsl"
     except ImportError:  # no compiled core: fall through to the others
         pass
-    return "faiss" if _faiss_available() and x.dtype == torch.float32 else "torch"
+    # faiss on CUDA data only with its GPU index: a CPU index would copy both sides to the host
+    if _faiss_available() and x.dtype == torch.float32 and (not x.is_cuda or _faiss_gpu()):
+        return "faiss"
+    return "torch"
 
 
 def _tie_sort(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -198,7 +207,7 @@ def _faiss_topk(Q: Tensor, T: Tensor, k: int, bias: Tensor | None):
         t = np.hstack([t, bias.detach().float().cpu().numpy()[:, None]])
     q, t = np.ascontiguousarray(q), np.ascontiguousarray(t)
     index = faiss.IndexFlatIP(t.shape[1])
-    if Q.is_cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    if Q.is_cuda and _faiss_gpu():
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, Q.device.index or 0, index)
     index.add(t)
@@ -269,7 +278,8 @@ def csls(Q: Matrix, T: Matrix, k: int = 1, *, knn: int = 10, src: Optional[Matri
             ``csls_knn_10`` is ``knn=10``; ``pyzsl.zsl`` calls it ``csls_k``).
         knn: neighbourhood size of the r-terms r_T and r_Q (default 10).
         src: the (mapped) source space whose neighbourhoods define ``r_T`` (MUSE: the whole
-            source vocabulary); default ``Q`` itself.
+            source vocabulary); default ``Q`` itself, which is MUSE's CSLS only when ``Q`` is
+            that whole space: for a batch of queries pass ``src`` (or ``r_T``).
         r_T: precomputed ``knn_mean(T, src, knn)`` (unit rows), to reuse across query batches.
 
     Cost: with the kernel, two GEMM passes (C × |src| for ``r_T``; B × C once for both ``r_Q``
