@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ProtocolResult:
     zsl: float                  # per-class top-1 on test_unseen over unseen classes
-    zsl_val: float              # per-class top-1 on val_loc over val classes (validation model)
+    # per-class top-1 on val_loc over val classes, of the validation model (fit on train_loc minus
+    # val_seen_loc, the calibration model; shared/data's README fits its val figure on all of train_loc)
+    zsl_val: float
     gzsl: GZSLResult            # test, no calibration
     gzsl_calibrated: GZSLResult  # test, γ chosen on validation
     seen_penalty: float         # that γ
