@@ -275,6 +275,9 @@ def _fit(args, src: Path, tgt: Path, default: dict | None, *, required: bool):
         raise UsageError(f"--seed {seed}: a numeric seed takes the first {seed} pairs of --train-dict")
     if train is None and seed is None and not args.self_learning:
         if not required:
+            if args.method != "procrustes":  # would be silently ignored by the pre-aligned eval
+                raise UsageError(f"--method {args.method}: fits a map, which needs --train-dict F or "
+                                 "--seed identical|numerals (or pass --mapping/--alignment)")
             return None
         raise UsageError("no supervision: give --train-dict F, --seed identical|numerals, "
                          "or --self-learning --seed none (fully unsupervised)")
@@ -526,6 +529,19 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def _default_test_of(al) -> Path:
+    """The default test dictionary when ``al`` maps the embedded default data, else a UsageError."""
+    from pyzsl.bli.io import default_data
+
+    try:
+        d = default_data()
+    except FileNotFoundError:
+        d = None
+    if d is not None and al.src.source and Path(al.src.source).resolve() == d["src"].resolve():
+        return d["test"]
+    raise UsageError(f"--test-dict F is required: the alignment maps {al.src.source}, not the embedded default")
+
+
 def cmd_eval(args) -> int:
     t_start = time.perf_counter()
     _positive(args, "knn", "max_vocab")
@@ -535,11 +551,13 @@ def cmd_eval(args) -> int:
     elif (args.src is None) != (args.tgt is None):
         raise UsageError("give both SRC and TGT, or neither")
     test = args.test_dict if args.test_dict is not None else (default["test"] if default else None)
-    if test is None:
+    if test is None and args.alignment is None:
         raise UsageError("--test-dict F is required with your own embedding files")
-    _check_input(test, "--test-dict")
     _check_output(args.report, "--report")
     al = _from_saved(args, src, tgt, default)
+    if test is None:  # a saved alignment of the embedded default data: its test dictionary
+        test = _default_test_of(al)
+    _check_input(test, "--test-dict")
     if al is None:
         al = _fit(args, src, tgt, default, required=False)
     if al is None:  # the spaces as given: already aligned (e.g. exported by another tool)

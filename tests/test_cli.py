@@ -333,3 +333,22 @@ def test_bad_numbers_are_refused_by_flag_before_any_work(capsys):
                        (["eval", "--beta", "nan"], "--beta")):
         assert main(["bli", *argv, "-q"]) != 0
         assert f"error: {flag}:" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_method_it_cannot_fit(toy, capsys):
+    rc, _, err = run(["bli", "eval", toy / "src.vec", toy / "tgt.vec.gz", "--test-dict", toy / "test.txt",
+                      "--method", "rcsls", "-q"], capsys)
+    assert rc != 0 and "--method rcsls: fits a map, which needs --train-dict" in err
+
+
+def test_eval_of_a_saved_alignment_finds_its_test_dictionary(toy, capsys):
+    # fitted on the embedded default: its test dictionary; on other files: --test-dict is needed
+    rc, _, err = run(["bli", "align", "--save-alignment", toy / "d.npz", "-q"], capsys)
+    assert rc == 0, err
+    rc, out, err = run(["bli", "eval", "--alignment", toy / "d.npz", "-q"], capsys)
+    assert rc == 0 and "CSLS" in out, err
+    rc, _, err = run(["bli", "align", toy / "src.vec", toy / "tgt.vec.gz", "--train-dict", toy / "train.txt",
+                      "--save-alignment", toy / "a.npz", "-q"], capsys)
+    assert rc == 0, err
+    rc, _, err = run(["bli", "eval", "--alignment", toy / "a.npz", "-q"], capsys)
+    assert rc != 0 and "--test-dict F is required: the alignment maps" in err
