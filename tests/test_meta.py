@@ -508,3 +508,11 @@ def test_trainer_with_mtl_pcgrad(tmp_path):
     trainer.save()
     state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert state["aggregator"] is not None and state["step"] == 1
+
+
+def test_maml_refuses_bad_step_settings():
+    for kw, match in ((dict(inner_lr=float("nan")), "inner_lr must be a finite number"),
+                      (dict(inner_lr=0.1, inner_steps=1.5), "inner_steps must be an int"),
+                      (dict(inner_lr=0.1, inner_steps=True), "inner_steps must be an int")):
+        with pytest.raises(ValueError, match=match):
+            MAML(nn.Linear(2, 2), **kw)

@@ -460,3 +460,8 @@ def test_errors_are_clear():
         Equal("max")
     assert isinstance(make_aggregator("PCGrad", 2), PCGrad)
     assert isinstance(make_aggregator("gradnorm", 2), GradNorm)
+
+
+def test_cagrad_refuses_an_infinite_c():
+    with pytest.raises(ValueError, match="c must be a finite number"):
+        CAGrad(c=float("inf"))

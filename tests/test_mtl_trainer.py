@@ -560,3 +560,21 @@ def test_evaluate_is_deterministic_and_step_trains():
     assert a == {t: pytest.approx((out[t] == ys[t]).float().mean().item()) for t in TASKS}
     tr.step(X[:16], {t: y[:16] for t, y in ys.items()})
     assert m.training
+
+
+def test_step_weights_follow_the_task_not_its_position():
+    # Fixed weights belong to the model's tasks: naming them in another order must not swap them
+    X, ys = _data()
+    after = []
+    for order in (["a", "b", "c"], ["c", "a", "b"]):
+        tr = _trainer(Fixed([1.0, 0.0, 0.0]), opt="sgd", diagnostics_every=0)
+        tr.step(X, ys, tasks=order)
+        after.append(_params(tr.model))
+    assert torch.equal(after[0], after[1])
+    tr = _trainer(Fixed([1.0, 0.0, 0.0]), diagnostics_every=0)
+    with pytest.raises(ValueError, match="given twice"):
+        tr.step(X, ys, tasks=["a", "a", "b"])
+    with pytest.raises(ValueError, match=r"ys: no labels for task\(s\) \['c'\]"):
+        tr.step(X, {t: ys[t] for t in "ab"}, tasks=["a", "b", "c"])
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        tr.fit((X, ys), steps=1, batch_size=0)

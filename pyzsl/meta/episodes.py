@@ -135,7 +135,7 @@ class EpisodeSampler(_Seeded):
             raise ValueError(f"EpisodeSampler.sample: n_tasks must be >= 1, got {n_tasks}")
         s_idx, q_idx, cls = zip(*(self._episode_indices() for _ in range(n_tasks)))
         s_idx, q_idx, cls = torch.stack(s_idx), torch.stack(q_idx), torch.stack(cls)
-        lab = torch.arange(self.n_way)
+        lab = torch.arange(self.n_way, device=self.X.device)  # labels beside the inputs
         sy = lab.repeat_interleave(self.k_shot).expand(n_tasks, -1).contiguous()
         qy = lab.repeat_interleave(self.q_queries).expand(n_tasks, -1).contiguous()
         ctx = None if self.label_emb is None else self.label_emb[cls]

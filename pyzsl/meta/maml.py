@@ -22,6 +22,8 @@ O(tasks · inner_steps · activations); first order keeps only the query graph.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
@@ -241,10 +243,10 @@ class MAML(nn.Module):
                  loss_fn: LossFn | None = None, vectorize: bool = True,
                  adapt_params: Sequence[str] | None = None) -> None:
         super().__init__()
-        if inner_lr <= 0:
-            raise ValueError(f"MAML: inner_lr must be > 0, got {inner_lr}")
-        if inner_steps < 0:
-            raise ValueError(f"MAML: inner_steps must be >= 0, got {inner_steps}")
+        if not (isinstance(inner_lr, numbers.Real) and math.isfinite(inner_lr) and inner_lr > 0):
+            raise ValueError(f"MAML: inner_lr must be a finite number > 0, got {inner_lr!r}")
+        if not isinstance(inner_steps, numbers.Integral) or isinstance(inner_steps, bool) or inner_steps < 0:
+            raise ValueError(f"MAML: inner_steps must be an int >= 0, got {inner_steps!r}")
         mode = "layer" if learn_inner_lr is True else learn_inner_lr
         if mode not in (False, *_LR_MODES):
             raise ValueError(f"MAML: learn_inner_lr must be False, True, 'layer' or 'element', "

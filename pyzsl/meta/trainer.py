@@ -249,7 +249,7 @@ class MetaTrainer:
         path = Path(path) if path is not None else self.checkpoint
         if path is None or not path.exists():
             raise FileNotFoundError(f"MetaTrainer.load: no checkpoint at {path}")
-        self.load_state_dict(torch.load(path, weights_only=False))
+        self.load_state_dict(torch.load(path, weights_only=True))
         logger.info("resumed from %s at step %d", path, self.step_count)
         return self
 

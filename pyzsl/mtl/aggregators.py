@@ -383,8 +383,8 @@ class CAGrad(Aggregator):
 
     def __init__(self, c: float = 0.4, rescale: str = "1+c", max_iter: int = 500, tol: float = 1e-10) -> None:
         super().__init__()
-        if not c >= 0:
-            raise ValueError(f"c must be >= 0, got {c}")
+        if not (math.isfinite(c) and c >= 0):  # inf: the dual solve divides by it
+            raise ValueError(f"c must be a finite number >= 0, got {c}")
         if rescale not in ("1+c", "1+c^2", "none"):
             raise ValueError(f"rescale must be '1+c', '1+c^2' or 'none', got {rescale!r}")
         self.c, self.rescale, self.max_iter, self.tol = float(c), rescale, max_iter, tol

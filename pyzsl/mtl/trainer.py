@@ -192,6 +192,20 @@ class MultiTaskTrainer:
         return min(s["epoch"] + s["cursor"] / s["n"] for s in self._streams.values())
 
     # --- one step ---------------------------------------------------------------------------
+    def _in_model_order(self, tasks: Iterable[str], ys: Mapping[str, Tensor]) -> list[str]:
+        """The given tasks in the model's order: per-task weights (Fixed, GradNorm, Uncertainty,
+        head_weights) go by position, so ["b", "a"] must not swap them."""
+        given = list(tasks)
+        unknown = [t for t in given if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"tasks: unknown task(s) {unknown}; the model's tasks are {self.tasks}")
+        if len(set(given)) != len(given):
+            raise ValueError(f"tasks: a task is given twice in {given}")
+        missing = [t for t in given if t not in ys]
+        if missing:
+            raise ValueError(f"ys: no labels for task(s) {missing}")
+        return [t for t in self.tasks if t in given]
+
     def step(self, x: Tensor | Mapping[str, Tensor], ys: Mapping[str, Tensor],
              tasks: Iterable[str] | None = None) -> dict[str, float]:
         """One update on a batch; ``x`` is one tensor (shared input) or one per task.
@@ -199,7 +213,7 @@ class MultiTaskTrainer:
         Returns the per-task losses (all-reduced means under DDP).
         """
         t0 = time.perf_counter()
-        sel = list(tasks) if tasks is not None else self._sample_tasks()
+        sel = self._in_model_order(tasks, ys) if tasks is not None else self._sample_tasks()
         shared_input = isinstance(x, Tensor)
         self.model.train()
         probe = self.diagnostics_every > 0 and self.step_count % self.diagnostics_every == 0
@@ -470,6 +484,8 @@ class MultiTaskTrainer:
         ``checkpoint_every`` > 0 writes ``checkpoint`` atomically every so many steps and at the end.
         ``callback(trainer)`` runs after every step (e.g. evaluation every epoch).
         """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if batch_size % self.world:
             raise ValueError(f"batch_size {batch_size} must be divisible by the world size {self.world}")
         shared_input, streams = self._parse_data(data)
