@@ -448,6 +448,27 @@ def test_trainer_model_selection_restores_best(tmp_path):
     assert abs(t.validate() - t.best_score) < 1e-6
 
 
+def test_showing_the_best_model_does_not_change_the_training(tmp_path):
+    # fit(n) then fit(2n), or a save and load between them, equals one fit(2n) even where the
+    # best validation score is not the last one (a large step makes validation jumpy)
+    def trainer(name, seed_model=0):
+        maml = MAML(small_mlp(seed_model), 0.01, 1, loss_fn=F.mse_loss)
+        return MetaTrainer(maml, SinusoidTasks(5, 5, seed=0), meta_batch_size=2, lr=0.2,
+                           val_tasks=SinusoidTasks(5, 20, seed=99), n_val_tasks=4, val_every=1,
+                           checkpoint=tmp_path / name / "ckpt.pt", progress=False)
+
+    whole = trainer("w").fit(16)
+    t = trainer("t").fit(8)
+    assert t.best_step < 8  # the shown model is not the live one
+    t.fit(16)
+    u = trainer("u").fit(8)
+    v = trainer("v", seed_model=5).load(u.save(tmp_path / "u8.pt")).fit(16)
+    for other in (t, v):
+        assert other.history == whole.history
+        for p, q in zip(other.maml.parameters(), whole.maml.parameters()):
+            assert torch.equal(p, q)
+
+
 def test_trainer_aggregator_interface(tmp_path):
     seen = []
 

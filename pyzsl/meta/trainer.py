@@ -90,7 +90,8 @@ class MetaTrainer:
     outer step (saved in checkpoints). ``val_tasks``: a fixed :class:`TaskBatch` (or a sampler, from which ``n_val_tasks`` are
     drawn once) scored every ``val_every`` steps with ``val_metric`` (default: query loss,
     lower is better; ``higher_is_better=True`` for accuracies); the best model is restored at
-    the end of :meth:`fit` (``restore_best``). ``checkpoint``: a file path written every
+    the end of :meth:`fit` (``restore_best``); a later ``fit``, ``save`` or checkpoint goes on from the
+    last step, as an uninterrupted run would. ``checkpoint``: a file path written every
     ``checkpoint_every`` steps and at the end of :meth:`fit`.
     """
 
@@ -138,6 +139,7 @@ class MetaTrainer:
         self.best_score: float | None = None
         self.best_step: int | None = None
         self._best_state: dict[str, Tensor] | None = None
+        self._last_state: dict[str, Tensor] | None = None  # the live model while the best is shown
         self.history: dict[str, list[Any]] = {"step": [], "loss": [], "val_step": [], "val": []}
 
     # -- one outer step ------------------------------------------------------------------
@@ -210,7 +212,9 @@ class MetaTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step_count, "maml": self.maml.state_dict(),
+        # after fit restored the best model, training state is the last step's, not the best's
+        live = self._last_state if self._last_state is not None else self.maml.state_dict()
+        return {"step": self.step_count, "maml": live,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "train_tasks": self.train_tasks.state_dict(),
@@ -223,6 +227,7 @@ class MetaTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step"])
         self.maml.load_state_dict(state["maml"])
+        self._last_state = None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -269,6 +274,9 @@ class MetaTrainer:
                 raise ValueError("MetaTrainer.fit(resume=True) needs checkpoint=")
             if self.checkpoint.exists():
                 self.load()
+        if self._last_state is not None:  # go on from the last step, not from the best model
+            self.maml.load_state_dict(self._last_state)
+            self._last_state = None
         if self.val_tasks is not None and self.step_count == 0 and not self.history["val"]:
             # the initial model competes too: meta-training that only hurts is not kept
             self._record_val()
@@ -294,6 +302,7 @@ class MetaTrainer:
         if self.checkpoint is not None:
             self.save()
         if self.restore_best and self._best_state is not None:
+            self._last_state = {k: v.detach().clone() for k, v in self.maml.state_dict().items()}
             self.maml.load_state_dict(self._best_state)
             logger.info("restored the best model (step %s, val %.5f)", self.best_step,
                         self.best_score)
