@@ -70,3 +70,22 @@ def test_ddp_wrapped_model_is_refused():
     fake.module = m
     with pytest.raises(TypeError, match="bare module"):
         MultiTaskTrainer(fake, Equal(), torch.optim.SGD(m.parameters(), lr=0.1))
+
+
+def _bn_worker(rank, world, out_dir):
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(5, 12), nn.BatchNorm1d(12), nn.Tanh())
+    model = HardSharing(trunk, {t: nn.Linear(12, 2) for t in "ab"})
+    tr = MultiTaskTrainer(model, Equal(), torch.optim.SGD(model.parameters(), lr=0.05), seed=0)
+    tr.fit(_data(), steps=3, batch_size=BATCH, progress=False)
+    mean = trunk[1].running_mean.clone()
+    gathered = [torch.empty_like(mean) for _ in range(world)]
+    dist.all_gather(gathered, mean)
+    if rank == 0:
+        torch.save([torch.equal(gathered[0], g) for g in gathered], os.path.join(out_dir, "bn.pt"))
+
+
+def test_ddp_keeps_running_statistics_in_sync(tmp_path):
+    # each rank sees its own half batch: BatchNorm's running means would drift apart
+    run_gloo(_bn_worker, 2, str(tmp_path))
+    assert all(torch.load(tmp_path / "bn.pt"))

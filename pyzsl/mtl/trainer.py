@@ -234,6 +234,10 @@ class MultiTaskTrainer:
             self._record(G, update, sel, losses)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.world > 1:  # running statistics (BatchNorm): rank 0's on every rank, as DDP's broadcast_buffers
+            with torch.no_grad():
+                for b in self.model.buffers():
+                    torch.distributed.broadcast(b, src=0)
         self.aggregator.observe(G, losses)
         self.step_count += 1
         idx = [self.tasks.index(t) for t in sel]
@@ -592,7 +596,9 @@ class MultiTaskTrainer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint atomically (temporary file in the same folder, then ``os.replace``).
-        Under DDP only rank 0 writes (all ranks hold the same state)."""
+        Under DDP only rank 0 writes: parameters, buffers and optimiser state are the same on every
+        rank, the torch RNG state is rank 0's (a resume is exact when the ranks seed torch alike,
+        e.g. for dropout)."""
         if self.rank != 0:
             return
         atomic_torch_save(self.state_dict(), path)
