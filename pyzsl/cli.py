@@ -248,7 +248,7 @@ def _resolve_files(args, src: Path | None, tgt: Path | None) -> tuple[Path, Path
     return src, tgt, None
 
 
-def _positive(args, *names: str) -> None:
+def _check_numbers(args, *names: str) -> None:
     """Checked before any work, by flag name: counts >= 1, and --beta a finite number > 0."""
     for name in names:
         v = getattr(args, name, None)
@@ -396,7 +396,7 @@ def _evaluate_all(args, al, test: Path, retrievals: Sequence[str]) -> dict:
 
 def cmd_align(args) -> int:
     t_start = time.perf_counter()
-    _positive(args, "max_vocab", "knn", "lexicon_k")
+    _check_numbers(args, "max_vocab", "knn", "lexicon_k")
     src, tgt, default = _resolve_files(args, args.src, args.tgt)
     if default is not None:
         _say(args, f"no files given: the embedded French–Finnish default ({src.parent})")
@@ -503,7 +503,7 @@ def _read_words(args) -> list[str]:
 
 
 def cmd_translate(args) -> int:
-    _positive(args, "k", "max_vocab", "knn")
+    _check_numbers(args, "k", "max_vocab", "knn")
     words = _read_words(args)
     src, tgt, default = (args.src, args.tgt, None)
     if args.alignment is None:
@@ -544,7 +544,7 @@ def _default_test_of(al) -> Path:
 
 def cmd_eval(args) -> int:
     t_start = time.perf_counter()
-    _positive(args, "knn", "max_vocab")
+    _check_numbers(args, "knn", "max_vocab")
     src, tgt, default = args.src, args.tgt, None
     if args.alignment is None:
         src, tgt, default = _resolve_files(args, args.src, args.tgt)

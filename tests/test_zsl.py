@@ -789,3 +789,13 @@ def test_fit_errors_name_the_row_of_class_embeddings():
     T[classes[-1]] = np.nan
     with pytest.raises(ValueError, match=rf"first at row {classes[-1]},"):
         small().fit(X[y < 9], y[y < 9], T)
+
+
+def test_candidates_as_a_mask_are_checked_as_indices():
+    X, y, T = toy()
+    m = CosineZSL().fit(X[y < 9], y[y < 9], T)
+    unseen = y >= 9
+    mask = np.zeros(len(T), dtype=bool)
+    mask[9:] = True
+    assert evaluate_zsl(m, T, X[unseen], y[unseen], candidates=mask) == \
+        evaluate_zsl(m, T, X[unseen], y[unseen], candidates=np.arange(9, len(T)))

@@ -218,7 +218,7 @@ def as_dictionary(d, src=None, tgt=None, lower: bool = False) -> Dictionary:
             raise TypeError("dictionary: expected a path, a Dictionary or a list of (source, target) pairs")
         d = Dictionary([tuple(p) for p in d])
     if lower:
-        d = Dictionary([(s.lower(), t.lower()) for s, t in d], d.path)
+        d = Dictionary([(s.lower(), t.lower()) for s, t in d], d.path, dropped=d.dropped)
     if src is not None or tgt is not None:
         d = d.restrict(src, tgt)
     return d

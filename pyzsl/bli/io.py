@@ -89,9 +89,9 @@ class Embeddings:
         low = [w.lower() for w in self.words]
         if low == self.words:
             return self
-        first = dict(reversed([(w, i) for i, w in enumerate(low)]))  # word → its first row
-        rows = sorted(first.values())
-        return Embeddings([low[i] for i in rows], self.vectors[rows], self.source, self.info)
+        words: list[str] = []
+        rows = _dedupe(low, {}, words)
+        return Embeddings(words, self.vectors[rows], self.source, self.info)
 
     def subset(self, words: Iterable[str]) -> "Embeddings":
         """The given words, in the given order; unknown words are a KeyError naming them."""

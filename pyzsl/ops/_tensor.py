@@ -200,14 +200,10 @@ def raise_if_nonfinite(status: Tensor, inputs: dict[str, Any]) -> None:
     (``inputs``: name → tensor, None or a list of them), or saying the scores overflowed."""
     if int(status.item()) == 0:
         return
-    given = {n: x for n, x in inputs.items()
-             if x is not None and not (isinstance(x, (list, tuple)) and all(t is None for t in x))}
-
-    def bad(x) -> bool:
-        if isinstance(x, (list, tuple)):
-            return any(bad(t) for t in x)
-        return x is not None and not bool(torch.isfinite(x).all())
-    names = [n for n, x in given.items() if bad(x)]
+    given = {n: [t for t in (x if isinstance(x, (list, tuple)) else [x]) if t is not None]
+             for n, x in inputs.items()}
+    given = {n: ts for n, ts in given.items() if ts}
+    names = [n for n, ts in given.items() if not all(bool(torch.isfinite(t).all()) for t in ts)]
     if names:
         raise ValueError(f"non-finite value (NaN/inf) in {', '.join(names)}")
     raise ValueError(f"non-finite score: {', '.join(given)} are "

@@ -53,8 +53,8 @@ def _columns(B: int, C: int, x: Tensor, tile_elems: int | None) -> int:
     return tile_columns(B, C, 1 << 25) if x.is_cuda else min(2048, tile_columns(B, C, 1 << 24))
 
 
-def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems, want_dU=True,
-           want_dT=True, inputs=None):
+def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_elems, inputs, want_dU=True,
+           want_dT=True):
     """One pass over the class tiles.
 
     Returns per-row loss (B,), the hardest violator per row (B,) and, with ``want_grad``
@@ -95,7 +95,7 @@ def _sweep(U, T, y, margin, class_mask, hardest, want_grad, row_weight, tile_ele
                 dU.addmm_(S, Tc)
             if want_dT:
                 torch.mm(S.T, WU, out=dT[c0:c1])
-    raise_if_nonfinite(status, inputs if inputs is not None else {"U": U, "T": T})
+    raise_if_nonfinite(status, inputs)  # the caller's arguments, named for the error
     if want_grad:
         # the true class's column: dL/ds_{b,y_b} = -count_b
         cnt = count.to(dt)
@@ -122,7 +122,7 @@ class _BilinearHinge(torch.autograd.Function):
         want_dR = need_m or need_t if by_cols else need_t
         early = (want_dL or want_dR) and not hardest and reduction != "none"
         per_row, best_idx, dL, dR = _sweep(L, R, y, margin, class_mask, hardest, early, None, tile_elems,
-                                           want_dU=want_dL, want_dT=want_dR, inputs={"V": V, "M": M, "T": T})
+                                           {"V": V, "M": M, "T": T}, want_dU=want_dL, want_dT=want_dR)
         B = V.shape[0]
         scale = 1.0 / max(B, 1) if reduction == "mean" else 1.0
         ctx.reduction, ctx.hardest, ctx.margin, ctx.tile_elems = reduction, hardest, margin, tile_elems
@@ -148,7 +148,7 @@ class _BilinearHinge(torch.autograd.Function):
             dR = torch.zeros_like(R).index_add_(0, j, wL).index_add_(0, y, -wL)
         elif ctx.reduction == "none":
             _, _, dL, dR = _sweep(L, R, y, ctx.margin, class_mask, False, True, g.to(L.dtype),
-                                  ctx.tile_elems, want_dU=want_dL, want_dT=want_dR)
+                                  ctx.tile_elems, {"V": V, "M": M, "T": T}, want_dU=want_dL, want_dT=want_dR)
         else:
             dL = dL * (g * ctx.scale) if dL is not None else None
             dR = dR * (g * ctx.scale) if dR is not None else None

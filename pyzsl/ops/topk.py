@@ -93,10 +93,7 @@ def bilinear_topk(
     V, M, T = _check_matrices(V, M, T)
     head = _check_head(V, T.shape[0], k, class_mask, class_bias)
     be = pick_backend(backend, V)
-    if be == "pyzsl" and not k_supported(V, head[0]):
-        if backend != "auto":
-            raise ValueError(f"k={head[0]}: the CUDA top-k takes k <= {CUDA_MAX_K}; use backend='auto' "
-                             "(the reference above that) or 'torch'")
+    if backend == "auto" and not k_supported(V, head[0]):  # backend="pyzsl": the kernel says k's limit
         be = "torch"
     if be == "torch":
         return _reference.bilinear_topk(V, M, T, *head)

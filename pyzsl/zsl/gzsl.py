@@ -92,27 +92,28 @@ def gzsl_accuracy(y_seen_true: ArrayLike, y_seen_pred: ArrayLike,
 def evaluate_zsl(model: BilinearZSL, class_embeddings: ArrayLike, X: ArrayLike, y: ArrayLike,
                  candidates: ArrayLike) -> float:
     """ZSL: per-class mean top-1 of ``model`` predicting among ``candidates`` (the unseen classes)."""
-    _check_predictable(y, candidates, "y")
+    _check_predictable(class_embeddings, candidates, y=y)
     return per_class_accuracy(y, model.predict(X, class_embeddings, candidates=candidates))
 
 
-def _check_predictable(y: ArrayLike, candidates: ArrayLike | None, name: str) -> None:
-    """A label outside ``candidates`` could only count as wrong: refuse it by name."""
+def _check_predictable(class_embeddings: ArrayLike, candidates: ArrayLike | None, **labels: ArrayLike) -> None:
+    """A label outside ``candidates`` (indices or a boolean mask, as ``predict`` takes them)
+    could only count as wrong: refuse it by name."""
     if candidates is None:
         return
-    yl = _labels(y, name)
-    out = np.setdiff1d(yl, np.asarray(candidates))
-    if out.size:
-        raise ValueError(f"{name}: {out.size} class(es) not among the candidates, which could never be "
-                         f"predicted (first: {out[:5].tolist()}); pass candidates that hold every label")
+    cand = as_class_set(candidates, "candidates", _n_rows(class_embeddings))
+    for name, y in labels.items():
+        out = np.setdiff1d(_labels(y, name), cand)
+        if out.size:
+            raise ValueError(f"{name}: {out.size} class(es) not among the candidates, which could never be "
+                             f"predicted (first: {out[:5].tolist()}); pass candidates that hold every label")
 
 
 def evaluate_gzsl(model: BilinearZSL, class_embeddings: ArrayLike, X_seen: ArrayLike, y_seen: ArrayLike,
                   X_unseen: ArrayLike, y_unseen: ArrayLike, candidates: ArrayLike | None = None,
                   seen_penalty: float = 0.0) -> GZSLResult:
     """GZSL S/U/H predicting over ``candidates`` (default: every class), with calibrated stacking."""
-    _check_predictable(y_seen, candidates, "y_seen")
-    _check_predictable(y_unseen, candidates, "y_unseen")
+    _check_predictable(class_embeddings, candidates, y_seen=y_seen, y_unseen=y_unseen)
     ps = model.predict(X_seen, class_embeddings, candidates=candidates, seen_penalty=seen_penalty)
     pu = model.predict(X_unseen, class_embeddings, candidates=candidates, seen_penalty=seen_penalty)
     return gzsl_accuracy(y_seen, ps, y_unseen, pu)
@@ -208,8 +209,7 @@ def calibration_curve(model: BilinearZSL, class_embeddings: ArrayLike, X_seen: A
     ``s₁ − s₂`` of the samples, one beyond each end, and γ = 0.
     """
     model._check_fitted()
-    _check_predictable(y_seen, candidates, "y_seen")
-    _check_predictable(y_unseen, candidates, "y_unseen")
+    _check_predictable(class_embeddings, candidates, y_seen=y_seen, y_unseen=y_unseen)
     seen_c, unseen_c = _split_candidates(model, _n_rows(class_embeddings), candidates)
     a = _Split(model, class_embeddings, X_seen, y_seen, "y_seen", seen_c, unseen_c)
     b = _Split(model, class_embeddings, X_unseen, y_unseen, "y_unseen", seen_c, unseen_c)
