@@ -45,7 +45,7 @@ bool valid_utf8(const char* b, const char* e, int64_t& at) {
   const auto* p = reinterpret_cast<const unsigned char*>(b);
   const auto* end = reinterpret_cast<const unsigned char*>(e);
   while (p < end) {
-    const int n = *p < 0x80 ? 1 : utf8_len(p, end);
+    const int n = utf8_len(p, end);
     if (n == 0) {
       at = p - reinterpret_cast<const unsigned char*>(b);
       return false;
